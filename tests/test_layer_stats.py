@@ -1,0 +1,263 @@
+"""layer_stats API, input validation, and the torch path against the reference oracle.
+
+The reference itself is checked against independent computations (numpy lexsort for the tie
+rule, the published abs -> sort -> torch.median recipe for the median). Selection results are
+compared bit for bit (integer views of the floats; NaN only where NaN is expected).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import massact
+from massact import LayerStats, layer_stats, reference_layer_stats
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+DTYPE_IDS = ["fp32", "fp16", "bf16"]
+FIELDS = ("top", "top_token", "top_channel", "median", "ratio")
+
+# (shape, code path it exercises)
+SHAPES = {
+    "S1_d1": (1, 1),  # one element: top = median
+    "S1": (1, 37),  # one token
+    "d1": (23, 1),  # one channel
+    "odd_d": (3, 5, 7),  # d not a power of two, 3-D
+    "2d": (64, 48),  # no leading dim
+    "4d": (2, 3, 4, 6),  # two leading dims
+    "big_slice": (2, 130, 67),  # larger than one kernel block, odd sizes
+}
+
+
+def assert_stats_equal(got: LayerStats, want: LayerStats) -> None:
+    """Bit-identical comparison (float fields via their int32 views; NaN only where expected)."""
+    for name in FIELDS:
+        a, b = getattr(got, name), getattr(want, name)
+        assert a.dtype == b.dtype and a.shape == b.shape, (name, a.dtype, b.dtype, a.shape)
+        assert a.device == b.device, name
+        a, b = a.cpu(), b.cpu()
+        if a.is_floating_point():
+            assert torch.equal(a.isnan(), b.isnan()), (name, a, b)
+            a, b = a.nan_to_num(0.5).view(torch.int32), b.nan_to_num(0.5).view(torch.int32)
+        assert torch.equal(a, b), (name, a, b)
+
+
+def _bits_tensor(bits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    view = torch.int32 if dtype == torch.float32 else torch.int16
+    return bits.to(view).view(dtype)
+
+
+def special(case: str, dtype: torch.dtype, shape=(3, 9, 11), seed: int = 0) -> torch.Tensor:
+    """Adversarial inputs for selection: ties, signed zeros, subnormals, inf, NaN."""
+    g = torch.Generator().manual_seed(seed)
+    randn = torch.randn(shape, generator=g)
+    sign = torch.where(torch.rand(shape, generator=g) < 0.5, -1.0, 1.0)
+    if case == "ties":  # few distinct values, many equal |h| with both signs
+        return torch.randint(-3, 4, shape, generator=g).to(dtype)
+    if case == "signed_zeros":  # +0/-0 among small integers: -0 == +0
+        x = torch.randint(0, 2, shape, generator=g).float() * sign
+        return x.to(dtype)
+    if case == "subnormals":  # subnormal patterns of the dtype, with zeros
+        top = {torch.float32: 0x007FFFFF, torch.float16: 0x03FF, torch.bfloat16: 0x007F}[dtype]
+        bits = torch.randint(0, top + 1, shape, generator=g)
+        return _bits_tensor(bits, dtype) * sign.to(dtype)
+    if case == "inf":  # +-inf tie with each other and sit above every finite value
+        x = randn.clone()
+        x.view(-1)[::7] = float("inf")
+        x.view(-1)[3::11] = -float("inf")
+        return x.to(dtype)
+    if case == "all_equal":  # ratio 1; every index ties
+        return (torch.full(shape, 2.5) * sign).to(dtype)
+    if case == "all_zero":  # ratio 0/0 = nan
+        return (torch.zeros(shape) * sign).to(dtype)
+    if case == "half_zero":  # median 0, ratio inf
+        x = randn.clone()
+        x[..., : shape[-2] * 2 // 3, :] = 0.0
+        return x.to(dtype)
+    if case == "nan":  # NaNs of both signs in the first slice only: its median/ratio are NaN
+        x = randn.to(dtype).clone()
+        x[0].view(-1)[::5] = float("nan")
+        x[0].view(-1)[2::13] = -float("nan")
+        x[0].view(-1)[1] = float("inf")
+        return x
+    raise ValueError(case)
+
+
+SPECIAL = ["ties", "signed_zeros", "subnormals", "inf", "all_equal", "all_zero", "half_zero", "nan"]
+
+
+def strided_views(h: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The same data as non-contiguous views: a slice and a transposed view."""
+    return {
+        "contiguous": h,
+        "slice": h[..., ::2, 1:] if h.shape[-1] > 1 else h[..., ::2, :],
+        "transposed": h.transpose(-1, -2),
+    }
+
+
+# ---- the oracle against independent computations ------------------------------------------
+
+
+def test_reference_tie_rule_against_numpy_lexsort():
+    h = special("ties", torch.float32, (4, 6, 5))
+    ref = reference_layer_stats(h, k=7)
+    x = h.abs().reshape(4, -1).numpy()
+    for b in range(4):
+        order = np.lexsort((np.arange(x.shape[1]), -x[b]))[:7]  # by -|h|, then index
+        assert np.array_equal(ref.top_token[b].numpy() * 5 + ref.top_channel[b].numpy(), order)
+        assert np.array_equal(ref.top[b].numpy(), x[b][order])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_reference_matches_published_recipe(dtype):
+    h = torch.randn(3, 16, 10).to(dtype)
+    ref = reference_layer_stats(h, k=3)
+    for b in range(3):  # Sun et al.: abs -> full sort -> torch.median, per sequence
+        a = h[b].abs().flatten()
+        assert torch.equal(ref.top[b], a.sort(descending=True).values[:3].float())
+        assert torch.equal(ref.median[b], torch.median(a).float())
+        assert torch.equal(ref.ratio[b], ref.top[b, 0] / ref.median[b])
+
+
+def test_reference_median_is_lower_median():
+    h = torch.tensor([[1.0, -4.0, 3.0, 2.0]])  # even count: lower of 2 and 3
+    assert reference_layer_stats(h, k=1).median.item() == 2.0
+
+
+# ---- the torch path against the oracle ------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+def test_torch_path_random(shape, dtype):
+    h = torch.randn(shape).to(dtype)
+    n = shape[-1] * shape[-2]
+    for k in sorted({1, min(3, n), n if n < 40 else 17}):
+        assert_stats_equal(layer_stats(h, k, backend="torch"), reference_layer_stats(h, k))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("case", SPECIAL)
+def test_torch_path_special_values(case, dtype):
+    h = special(case, dtype)
+    for v in strided_views(h).values():
+        assert_stats_equal(layer_stats(v, k=5, backend="torch"), reference_layer_stats(v, k=5))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("case", SPECIAL)
+def test_torch_path_special_values_large_slices(case, dtype):
+    """Slices of >= 2048 values take the in-place numpy selection for the median on CPU."""
+    h = special(case, dtype, (2, 64, 40))
+    for v in strided_views(h).values():
+        assert_stats_equal(layer_stats(v, k=3, backend="torch"), reference_layer_stats(v, k=3))
+
+
+def test_input_that_requires_grad():
+    h = torch.randn(2, 50, 60, requires_grad=True)
+    for backend in ("torch", "reference"):
+        st = layer_stats(h * 2, backend=backend)
+        assert not st.top.requires_grad
+        assert_stats_equal(st, reference_layer_stats((h * 2).detach()))
+
+
+def test_special_value_semantics():
+    """The documented outcomes: all-zero -> nan ratio, median 0 -> inf, NaN -> NaN first."""
+    assert torch.isnan(layer_stats(special("all_zero", torch.float32)).ratio).all()
+    assert torch.isinf(layer_stats(special("half_zero", torch.float32)).ratio).all()
+    assert torch.equal(layer_stats(special("all_equal", torch.bfloat16)).ratio, torch.ones(3))
+    st = layer_stats(special("nan", torch.float16), k=4)
+    assert torch.isnan(st.top[0]).all() and torch.isnan(st.median[0]) and torch.isnan(st.ratio[0])
+    assert not torch.isnan(st.median[1:]).any()
+    assert torch.equal(st.top_token[0] * 11 + st.top_channel[0], torch.tensor([0, 2, 5, 10]))
+    st = layer_stats(special("inf", torch.float32), k=2)
+    assert torch.isinf(st.top).all()  # slice 0: +inf at flat 0, -inf at flat 3
+    assert torch.equal(st.top_channel[0], torch.tensor([0, 3])) and (st.top_token[0] == 0).all()
+    st = layer_stats(torch.tensor([[-0.0, 0.0]]), k=2)  # -0 == +0, index order, +0 reported
+    assert torch.equal(st.top_channel, torch.tensor([0, 1]))
+    assert torch.equal(st.top.view(torch.int32), torch.zeros(2, dtype=torch.int32))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_strided_views(dtype):
+    h = torch.randn(2, 3, 20, 13).to(dtype)
+    for view in [h[:, 1], h[..., 3:17:2, 2:], h.transpose(-1, -2), h.permute(2, 0, 3, 1)]:
+        assert_stats_equal(layer_stats(view, 3, backend="torch"), reference_layer_stats(view, 3))
+
+
+# ---- the API ---------------------------------------------------------------------------------
+
+
+def test_api_shapes_and_dtypes():
+    h = torch.randn(2, 5, 7, 9, dtype=torch.bfloat16)
+    st = massact.layer_stats(h, k=4)
+    assert isinstance(st, LayerStats) and st.k == 4
+    assert st.top.shape == (2, 5, 4) and st.top.dtype == torch.float32
+    assert st.top_token.dtype == st.top_channel.dtype == torch.int64
+    assert st.median.shape == st.ratio.shape == (2, 5) and st.median.dtype == torch.float32
+    assert (st.top_token < 7).all() and (st.top_channel < 9).all()
+    assert torch.equal(st.ratio, st.top[..., 0] / st.median)
+    assert_stats_equal(st.cpu(), st)
+    assert_stats_equal(st.to("cpu"), st)
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch", "reference"])
+def test_backends_agree_on_cpu(backend):
+    h = torch.randn(3, 17, 19)
+    assert_stats_equal(layer_stats(h, backend=backend), reference_layer_stats(h))
+
+
+def test_empty_leading_dim_gives_empty_results():
+    st = layer_stats(torch.randn(0, 4, 5), k=2)
+    assert st.top.shape == (0, 2) and st.median.shape == (0,)
+
+
+@pytest.mark.parametrize(
+    ("h", "k", "error", "match"),
+    [
+        (torch.randn(4), 1, ValueError, "at least 2 dims"),
+        (torch.randn(()), 1, ValueError, "at least 2 dims"),
+        (torch.randn(2, 0, 5), 1, ValueError, "empty slice"),
+        (torch.randn(2, 3, 0), 1, ValueError, "empty slice"),
+        (torch.ones(2, 3, dtype=torch.int64), 1, TypeError, "floating"),
+        (torch.ones(2, 3, dtype=torch.complex64), 1, TypeError, "floating"),
+        (torch.ones(2, 3, dtype=torch.float64), 1, TypeError, "float32"),
+        (torch.randn(2, 3), 0, ValueError, "1 <= k"),
+        (torch.randn(2, 3), 7, ValueError, "1 <= k"),
+        (torch.randn(2, 3), 2.0, TypeError, "k must be an int"),
+        ([[1.0, 2.0]], 1, TypeError, "torch.Tensor"),
+    ],
+    ids=["1d", "0d", "S0", "d0", "int", "complex", "fp64", "k0", "k_big", "k_float", "list"],
+)
+def test_bad_input_raises(h, k, error, match):
+    with pytest.raises(error, match=match):
+        layer_stats(h, k)
+    with pytest.raises(error, match=match):
+        reference_layer_stats(h, k)
+
+
+def test_unknown_backend_raises():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        layer_stats(torch.randn(2, 3), backend="cuda")
+
+
+def test_triton_backend_raises_where_it_cannot_run(monkeypatch):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: Triton can run")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="backend='triton' cannot run"):
+        layer_stats(torch.randn(2, 3), backend="triton")
+    h = torch.randn(2, 3)  # "auto" falls back quietly to the torch path
+    assert_stats_equal(layer_stats(h), reference_layer_stats(h))
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch", "reference"])
+def test_layer_stats_many(backend):
+    hs = [torch.randn(2, 7, 5), torch.randn(7, 5).half(), torch.randn(0, 3, 4), torch.randn(3, 4)]
+    out = massact.layer_stats_many(hs, 2, backend=backend)
+    assert len(out) == len(hs)
+    for got, h in zip(out, hs):
+        assert_stats_equal(got, layer_stats(h, 2, backend="reference"))
+    with pytest.raises(ValueError, match="1 <= k"):
+        massact.layer_stats_many(hs, 13)
