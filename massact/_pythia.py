@@ -11,12 +11,15 @@ the sha256 of the weight files, the sha256 of the input token ids, and `duplicat
 step branches serve the weights of another step (EleutherAI/pythia issues 195, 205, 206); when
 any weight file of two steps is identical, every such step but the highest is flagged
 `duplicate_of="step<highest>"` (the known bad branches serve the final model's weights).
+
+This module holds the schedules, the per-task probe and the sweep; the probe inputs live in
+massact._pythia_inputs and checkpoint resolution, loading and weight hashing in
+massact._pythia_checkpoints (their names are re-exported here).
 """
 
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
 import logging
 import os
@@ -39,16 +42,22 @@ from ._dataset import (
     write_task,
 )
 from ._probe import collect_layer_stats
+from ._pythia_checkpoints import HUB_ORG as HUB_ORG
+from ._pythia_checkpoints import Checkpoint as Checkpoint
+from ._pythia_checkpoints import _dtype_for, _file_hashes, _tokenizer
+from ._pythia_checkpoints import duplicate_flags as duplicate_flags
+from ._pythia_checkpoints import file_sha256 as file_sha256
+from ._pythia_checkpoints import load_model as load_model
+from ._pythia_checkpoints import resolve_checkpoint as resolve_checkpoint
+from ._pythia_inputs import input_sha256 as input_sha256
+from ._pythia_inputs import make_inputs as make_inputs
 
 log = logging.getLogger("massact.pythia")
 
 SUITE = "pythia"
-HUB_ORG = "EleutherAI"
 FINAL_STEP = 143000
 # 0, 1, 2, 4, ..., 512, then every 1000 steps: the 154 checkpoints of every Pythia model
 PYTHIA_STEPS: tuple[int, ...] = (0, *(2**i for i in range(10)), *range(1000, FINAL_STEP + 1, 1000))
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-_TEXT_SUFFIXES = (".txt", ".text", ".md", ".rst", ".jsonl")
 
 
 @dataclass(frozen=True)
@@ -142,241 +151,6 @@ def _size_of(model: str, *, allow_unknown: bool) -> str:
     return size
 
 
-# --------------------------------------------------------------------------- inputs
-
-
-def _read_documents(text: str | os.PathLike | Sequence[str], budget_chars: int) -> list[str]:
-    """Documents from a local file/folder, a list of strings, or a HF dataset id (online)."""
-    if isinstance(text, Sequence) and not isinstance(text, str):
-        return [str(t) for t in text]
-    path = Path(text)
-    if path.is_file():
-        files = [path]
-    elif path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _TEXT_SUFFIXES)
-        if not files:
-            raise FileNotFoundError(f"text folder {path} holds no {'/'.join(_TEXT_SUFFIXES)} files")
-    elif isinstance(text, str) and re.fullmatch(r"[\w.-]+/[\w.-]+", text):
-        return _hub_documents(text, budget_chars)
-    else:
-        raise FileNotFoundError(
-            f"text {str(text)!r}: no such file or folder (give a local text file/folder, a list "
-            "of strings, or a Hugging Face dataset id such as "
-            "togethercomputer/RedPajama-Data-1T-Sample when online)"
-        )
-    docs: list[str] = []
-    total = 0
-    for f in files:  # read until the pool is large enough: a corpus may be gigabytes
-        with open(f, encoding="utf-8", errors="replace") as fh:
-            if f.suffix != ".jsonl":
-                new = [fh.read(budget_chars - total)]
-            else:  # one JSON object with a "text" field per line (RedPajama's format)
-                new, size = [], 0
-                for line in fh:
-                    if line.strip():
-                        new.append(str(json.loads(line).get("text", "")))
-                        size += len(new[-1])
-                    if total + size >= budget_chars:
-                        break
-        docs += [d for d in new if d.strip()]
-        total += sum(len(d) for d in new)
-        if total >= budget_chars:
-            break
-    return docs
-
-
-def _hub_documents(dataset_id: str, budget_chars: int) -> list[str]:
-    if _offline():
-        raise RuntimeError(
-            f"text {dataset_id!r} is a Hugging Face dataset id but HF_HUB_OFFLINE is set; "
-            "pass a local text file or folder instead"
-        )
-    try:
-        import datasets
-    except ImportError as exc:
-        raise ImportError(
-            f"reading the Hugging Face dataset {dataset_id!r} needs the `datasets` package "
-            "(pip install datasets); or pass a local text file/folder"
-        ) from exc
-    docs, total = [], 0
-    for row in datasets.load_dataset(dataset_id, split="train", streaming=True):
-        doc = row.get("text", "")
-        if doc.strip():
-            docs.append(doc)
-            total += len(doc)
-        if total >= budget_chars:
-            break
-    return docs
-
-
-def make_inputs(
-    tokenizer: Any,
-    text: str | os.PathLike | Sequence[str],
-    n_seqs: int = 10,
-    seq_len: int = 2048,
-    seed: int = 0,
-    pool_factor: int = 16,
-) -> torch.Tensor:
-    """[n_seqs, seq_len] int64 token ids: random non-overlapping windows of the token stream.
-
-    Documents are tokenised with the model's tokenizer and joined with its EOS token; the
-    stream is cut into seq_len windows and n_seqs of them are drawn with `seed`. At most about
-    n_seqs * seq_len * pool_factor tokens are read (the first documents), so a huge corpus costs
-    a bounded amount. The same tokenizer, text and seed give the same ids on every machine.
-    """
-    for name, v in (("n_seqs", n_seqs), ("seq_len", seq_len), ("pool_factor", pool_factor)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
-    need = n_seqs * seq_len
-    docs = _read_documents(text, budget_chars=need * pool_factor * 8)  # ~4 chars per token
-    eos = getattr(tokenizer, "eos_token_id", None)
-    stream: list[int] = []
-    for doc in docs:
-        stream += tokenizer(doc, add_special_tokens=False)["input_ids"]
-        if eos is not None:
-            stream.append(int(eos))
-        if len(stream) >= need * pool_factor:
-            break
-    n_windows = len(stream) // seq_len
-    if n_windows < n_seqs:
-        raise ValueError(
-            f"the text gives {len(stream)} tokens, {n_windows} windows of {seq_len}; "
-            f"{n_seqs} sequences need {need} tokens: use more text, fewer or shorter sequences"
-        )
-    rng = np.random.default_rng(seed)
-    chosen = rng.choice(n_windows, size=n_seqs, replace=False)
-    ids = np.asarray(stream[: n_windows * seq_len], dtype=np.int64).reshape(n_windows, seq_len)
-    return torch.from_numpy(ids[chosen].copy())
-
-
-def input_sha256(input_ids: torch.Tensor) -> str:
-    """sha256 of the int64 token ids (row-major), with the shape folded in."""
-    ids = np.ascontiguousarray(input_ids.cpu().numpy().astype("<i8"))
-    return hashlib.sha256(repr(ids.shape).encode() + ids.tobytes()).hexdigest()
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """Where one (model, step) lives on disk, and what it is."""
-
-    size: str
-    step: int
-    folder: Path  # a save_pretrained folder (local) or a Hub snapshot folder
-    revision: str
-    commit: str  # Hub commit sha; "" for local folders
-    weight_files: dict[str, str]  # file name -> sha256
-
-    @property
-    def weights_sha256(self) -> str:
-        """sha256 over the sorted (file name, file sha256) pairs of the weight files."""
-        blob = "\n".join(f"{n} {h}" for n, h in sorted(self.weight_files.items()))
-        return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def _offline() -> bool:
-    from huggingface_hub import constants
-
-    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().lower()
-    return constants.HF_HUB_OFFLINE or flag in ("1", "true", "yes", "on")
-
-
-def file_sha256(path: Path, chunk: int = 1 << 24) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _weight_hashes(folder: Path, *, trust_hub_cache: bool = False) -> dict[str, str]:
-    """file name -> sha256 of each weight file in `folder`.
-
-    In a Hub cache snapshot a weight file is a link to `blobs/<sha256>` (the LFS object id,
-    which huggingface_hub verified on download), so with trust_hub_cache the blob name is used
-    instead of re-reading tens of GB per checkpoint.
-    """
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
-    if not files:
-        raise FileNotFoundError(f"{folder} holds no weight files ({', '.join(_WEIGHT_SUFFIXES)})")
-    out = {}
-    for p in files:
-        blob = Path(os.path.realpath(p)).name
-        hub_sha = trust_hub_cache and re.fullmatch(r"[0-9a-f]{64}", blob)
-        out[p.name] = blob if hub_sha else file_sha256(p)
-    return out
-
-
-def _local_folder(local_root: Path, size: str, step: int) -> Path:
-    candidates = [local_root / f"pythia-{size}" / f"step{step}", local_root / size / f"step{step}"]
-    for c in candidates:
-        if (c / "config.json").is_file():
-            return c
-    raise FileNotFoundError(
-        f"no checkpoint for pythia-{size} step {step} under {local_root}: expected a "
-        f"save_pretrained folder (with config.json) at {candidates[0]} or {candidates[1]}"
-    )
-
-
-def _hub_folder(size: str, revision: str, cache_dir: Path | None) -> tuple[Path, str]:
-    """Download (or find in the cache) one revision; returns (snapshot folder, commit)."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
-
-    repo = f"{HUB_ORG}/pythia-{size}"
-    offline = _offline()
-    meta = ["*.json", "*.txt", "tokenizer*"]
-    folder = None
-    try:
-        # safetensors first; older revisions may only have pytorch_model.bin
-        for weights in (["*.safetensors"], ["*.bin"]):
-            folder = Path(
-                snapshot_download(
-                    repo,
-                    revision=revision,
-                    cache_dir=cache_dir,
-                    allow_patterns=meta + weights,
-                    local_files_only=offline,
-                )
-            )
-            if any(p.suffix in _WEIGHT_SUFFIXES for p in folder.iterdir()):
-                break
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
-        how = "HF_HUB_OFFLINE is set" if offline else "the Hub cannot be reached"
-        raise RuntimeError(
-            f"{repo} revision {revision} is not in the local Hugging Face cache and {how}; "
-            "go online once to fill the cache, or pass local_root=<folder with "
-            f"pythia-{size}/step<N>/ save_pretrained folders>"
-        ) from exc
-    assert folder is not None
-    # Hub snapshots live in .../snapshots/<commit sha>/
-    commit = folder.name if re.fullmatch(r"[0-9a-f]{40}", folder.name) else ""
-    return folder, commit
-
-
-def resolve_checkpoint(
-    size: str,
-    step: int,
-    *,
-    revision: str | None = None,
-    local_root: str | os.PathLike | None = None,
-    cache_dir: str | os.PathLike | None = None,
-) -> Checkpoint:
-    """Locate (downloading if online and needed) one checkpoint and hash its weight files."""
-    revision = revision or f"step{step}"
-    if local_root is not None:
-        root = Path(local_root)
-        if not root.is_dir():
-            raise FileNotFoundError(f"local_root {root} is not a folder")
-        folder, commit = _local_folder(root, size, step), ""
-    else:
-        folder, commit = _hub_folder(size, revision, Path(cache_dir) if cache_dir else None)
-    hashes = _weight_hashes(folder, trust_hub_cache=local_root is None)
-    return Checkpoint(size, step, folder, revision, commit, hashes)
-
-
 def _rotary(config: Any) -> tuple[float, float]:
     """(rotary_pct, rotary_base) from v4 fields or transformers v5 `rope_parameters`."""
     rope = getattr(config, "rope_parameters", None) or {}
@@ -403,27 +177,6 @@ def architecture_row(model_name: str, config: Any, n_params: int, max_step: int)
         "vocab_size": int(config.vocab_size),
         "parallel_residual": bool(getattr(config, "use_parallel_residual", True)),
     }
-
-
-def _dtype_for(device: torch.device, dtype: torch.dtype | str | None) -> torch.dtype:
-    if dtype is None:
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype.removeprefix("torch."), None)
-    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}")
-    return dtype
-
-
-def load_model(folder: Path, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
-    import transformers
-    from transformers import GPTNeoXForCausalLM
-
-    key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
-    model = GPTNeoXForCausalLM.from_pretrained(folder, **{key: dtype})
-    return model.to(device).eval()
 
 
 # --------------------------------------------------------------------------- one task
@@ -544,30 +297,6 @@ def _known_files(out: Path, model_name: str) -> dict[int, dict]:
     }
 
 
-def _file_hashes(provenance: Mapping[str, Any]) -> set[str]:
-    """The per-file weight hashes of a task (its combined hash if it has none; never "")."""
-    try:
-        files = set(json.loads(provenance.get("weight_files") or "{}").values())
-    except (TypeError, ValueError):
-        files = set()
-    return (files or {provenance.get("weights_sha256", "")}) - {""}
-
-
-def duplicate_flags(hashes: Mapping[int, set[str]]) -> dict[int, str]:
-    """step -> "step<M>" where M is the highest other step sharing any weight file, else "".
-
-    Only steps below their highest partner are flagged: the bad Hub branches known so far serve
-    the final model's weights (or one of its shards) under an earlier step's name. The result
-    depends only on the set of steps, not on the order they were processed in.
-    """
-    flags = {}
-    for t, files in hashes.items():
-        partners = [u for u, other in hashes.items() if u != t and files & other]
-        top = max(partners, default=t)
-        flags[t] = f"step{top}" if top > t else ""
-    return flags
-
-
 def _reflag(out: Path, model_name: str, entries: Mapping[int, dict], flags: Mapping[int, str]):
     """Rewrite finished tasks whose duplicate_of changed (statistics untouched)."""
     for step, entry in entries.items():
@@ -654,23 +383,6 @@ def _revisions(revision_map: Mapping[Any, Any] | None, size: str) -> dict[int, s
         if isinstance(revision_map.get(key), Mapping):
             return {int(s): str(r) for s, r in revision_map[key].items()}
     return {int(s): str(r) for s, r in revision_map.items() if not isinstance(r, Mapping)}
-
-
-def _tokenizer(folder: Path, size: str, local_root, cache_dir) -> Any:
-    """The checkpoint's tokenizer; the Hub repo's main one if the checkpoint has none."""
-    from transformers import AutoTokenizer
-
-    # transformers v5 builds an empty tokenizer from config.json alone: look for real files
-    if any((folder / f).is_file() for f in ("tokenizer.json", "vocab.json", "tokenizer.model")):
-        return AutoTokenizer.from_pretrained(folder)
-    if local_root is not None:
-        raise FileNotFoundError(
-            f"no tokenizer files (tokenizer.json, vocab.json) in {folder}: save the tokenizer "
-            "there too (tokenizer.save_pretrained(folder))"
-        )
-    return AutoTokenizer.from_pretrained(
-        f"{HUB_ORG}/pythia-{size}", cache_dir=cache_dir, local_files_only=_offline()
-    )
 
 
 def _sweep_model(

@@ -1,15 +1,21 @@
 """Training-loop monitor: a tiny GPTNeoX trained for a few steps with the probe attached.
 
-The Trainer itself needs `accelerate` (not installed here), so the callback is driven by
-transformers' real CallbackHandler, TrainerState and TrainerControl from a hand-written loop.
+The callback runs inside a real Hugging Face `Trainer` (CPU, a handful of steps), and also from
+a hand-written loop through transformers' CallbackHandler, TrainerState and TrainerControl.
 """
 
 import pytest
 import torch
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+from transformers import (
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 from transformers.trainer_callback import CallbackHandler, TrainerControl, TrainerState
 
-from massact import RatioMonitor, RatioMonitorCallback
+from massact import RatioMonitor, RatioMonitorCallback, reference_layer_stats
 from massact._probe import decoder_layers
 
 VOCAB, L, D = 64, 2, 32
@@ -121,6 +127,132 @@ def test_callback_with_real_callback_handler():
     assert logged[1]["massact/ratio_layer1"] == pytest.approx(
         hist[hist["step"] == 2]["ratio"].mean()
     )
+
+
+class TokenDataset(torch.utils.data.Dataset):
+    """n fixed sequences of int token ids; labels = input ids (the model shifts them)."""
+
+    def __init__(self, n: int = 24, seq: int = 16):
+        self.ids = batch(1234, size=n, seq=seq)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+
+def hooked_reference(model, probe: torch.Tensor, k: int = 3) -> list:
+    """reference_layer_stats of each decoder layer's output on `probe`, by plain hooks."""
+    outs = []
+    hooks = [
+        layer.register_forward_hook(
+            lambda m, a, o: outs.append(o[0] if isinstance(o, tuple) else o)
+        )
+        for layer in decoder_layers(model)
+    ]
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(probe)
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        for h in hooks:
+            h.remove()
+    return [reference_layer_stats(h, k) for h in outs]
+
+
+class ReferenceProbe(TrainerCallback):
+    """Listed after the monitor: at each of its steps, records every module's training flag
+    (the monitor must have restored them) and the reference statistics of the same weights."""
+
+    def __init__(self, probe: torch.Tensor, every: int):
+        self.probe, self.every = probe, every
+        self.modes: dict[int, list[bool]] = {}
+        self.stats: dict[int, list] = {}
+
+    def _check(self, state, model):
+        step = state.global_step
+        if step % self.every == 0:
+            self.modes[step] = [m.training for m in model.modules()]
+            self.stats[step] = hooked_reference(model, self.probe)
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._check(state, model)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self._check(state, model)
+
+
+def assert_matches_reference(rows, ref: list) -> None:
+    """History rows of one step == reference LayerStats ([batch] per layer); selections exact."""
+    rows = rows.sort_values(["layer", "sample"])
+    assert list(rows["layer"]) == [l for l in range(L) for _ in range(len(ref[0].ratio))]
+    for col, pick in (
+        ("top1", lambda r: r.top[:, 0]),
+        ("top2", lambda r: r.top[:, 1]),
+        ("top3", lambda r: r.top[:, 2]),
+        ("median", lambda r: r.median),
+    ):
+        want = torch.cat([pick(r) for r in ref]).double()
+        assert torch.equal(torch.tensor(rows[col].to_numpy()), want), col
+    ratio = torch.tensor(rows["ratio"].to_numpy())
+    assert torch.isfinite(ratio).all() and (ratio >= 1).all()
+    want = torch.cat([r.ratio for r in ref]).double()
+    torch.testing.assert_close(ratio, want, rtol=1e-6, atol=0)
+
+
+def test_callback_in_a_real_trainer(tmp_path):
+    model = tiny_model(dropout=0.1)  # dropout: a probe left in train mode would be random
+    probe = batch(77, size=3)
+    monitor = RatioMonitorCallback(probe, every=2, log=True)
+    reference = ReferenceProbe(probe, every=2)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=6,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        logging_steps=2,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=0,
+    )
+    trainer = Trainer(model, args, train_dataset=TokenDataset(), callbacks=[monitor, reference])
+    trainer.train()
+
+    hist = monitor.history
+    assert sorted(hist["step"].unique()) == [0, 2, 4, 6]
+    assert len(hist) == 4 * L * 3
+    assert sorted(reference.stats) == [0, 2, 4, 6]
+    for step, ref in reference.stats.items():
+        assert_matches_reference(hist[hist["step"] == step], ref)
+        # the Trainer trains in train mode; right after the monitor's eval-mode probe, every
+        # module is back in it
+        assert all(reference.modes[step]), step
+    assert all(m.training for m in model.modules())
+    # the weights after training are those of the last probe: a fresh probe agrees
+    assert_matches_reference(hist[hist["step"] == 6], hooked_reference(model, probe))
+    # training moved the weights, so the probe's numbers moved
+    assert not torch.equal(
+        torch.tensor(hist[hist["step"] == 0]["top1"].to_numpy()),
+        torch.tensor(hist[hist["step"] == 6]["top1"].to_numpy()),
+    )
+
+    logs = trainer.state.log_history
+    logged = [e for e in logs if "massact/ratio_layer0" in e]
+    assert [e["step"] for e in logged] == [0, 2, 4, 6]
+    for e in logged:
+        rows = hist[hist["step"] == e["step"]]
+        for l in range(L):
+            want = rows[rows["layer"] == l]["ratio"].mean()
+            assert e[f"massact/ratio_layer{l}"] == pytest.approx(want, rel=1e-12)
+    # the Trainer's own logging still happens beside ours
+    assert [e["step"] for e in logs if "loss" in e] == [2, 4, 6]
 
 
 def test_monitor_errors():
