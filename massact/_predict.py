@@ -1,4 +1,4 @@
-"""Architecture -> curve parameters: regression, model selection, SHAP and PDP (paper Tables 3-4).
+"""Architecture -> curve parameters: features, target transforms, model selection (Tables 3-4).
 
 Each fitted layer trajectory gives five parameters (A, lam, gamma, t0, K) of Eq. 9. Here they are
 predicted from the architecture alone. Choices, documented once:
@@ -22,6 +22,10 @@ predicted from the architecture alone. Choices, documented once:
   none), never a test score; refit on all usable curves with its chosen settings. SHAP and PDP
   use the best tree model per parameter, chosen the same way.
 - Saved as joblib (pickle: load only files you trust) plus a JSON sidecar with the metadata.
+
+Beside it: `_arch_config` reads a config.json into the architecture dict that `predict` takes, and
+`_explain` draws the SHAP and partial-dependence figures (Figs. 9-10) of a fitted Predictor; their
+public names are re-exported here.
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy.special import lambertw
+
+from . import _explain
+from ._arch_config import arch_from_config as arch_from_config
 
 PARAMS: tuple[str, ...] = ("A", "lam", "gamma", "t0", "K")
 DERIVED: list[str] = [
@@ -366,16 +373,6 @@ def train_predictors(
     return pred
 
 
-def _plt():
-    import matplotlib
-
-    if "inline" not in matplotlib.get_backend():  # keep a notebook's inline backend
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 @dataclass
 class Predictor:
     """Best model per parameter refit on all usable curves, with its features and transforms.
@@ -542,142 +539,22 @@ class Predictor:
             raise TypeError(f"{path} holds a {type(obj).__name__}, not a massact Predictor")
         return obj
 
-    # ---------- explanations ----------
+    # ---------- explanations (massact._explain) ----------
     def shap_values(self) -> dict:
         """param -> shap.Explanation of its best tree model over the training features."""
-        if not self._shap:
-            import shap
-
-            X = self.X.to_numpy(np.float64)
-            for p, m in self.tree_models.items():
-                e = shap.TreeExplainer(m)
-                v = np.asarray(e.shap_values(X), np.float64)
-                base = np.full(len(X), float(np.ravel(e.expected_value)[0]))
-                self._shap[p] = shap.Explanation(
-                    values=v, base_values=base, data=X, feature_names=list(self.features)
-                )
-        return self._shap
+        return _explain.shap_values(self)
 
     def shap_importance(self) -> pd.DataFrame:
-        """Mean |SHAP| per feature (rows, by first column's order) x parameter (columns)."""
-        sv = self.shap_values()
-        imp = pd.DataFrame({p: np.abs(e.values).mean(0) for p, e in sv.items()}, self.features)
-        return imp
+        """Mean |SHAP| per feature (rows, in `features` order) x parameter (columns)."""
+        return _explain.shap_importance(self)
 
     def shap_figures(self, out_dir) -> list[Path]:
         """Beeswarm and bar per parameter, one waterfall (K's highest prediction, as Fig. 9b)."""
-        import shap
-
-        plt = _plt()
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for p, e in self.shap_values().items():
-            for kind, fn in (("beeswarm", shap.plots.beeswarm), ("bar", shap.plots.bar)):
-                plt.figure(figsize=(7, 4.5))
-                fn(e, max_display=12, show=False)
-                paths.append(self._save(plt, out / f"shap_{kind}_{p}.png",
-                                        f"{p} ({self.best_tree[p]}): SHAP, {kind}"))  # fmt: skip
-        sv = self.shap_values()
-        if sv:
-            p = "K" if "K" in sv else next(iter(sv))
-            i = int(np.argmax(sv[p].values.sum(1)))
-            plt.figure(figsize=(7, 4.5))
-            shap.plots.waterfall(sv[p][i], max_display=10, show=False)
-            lay = self.keys.iloc[i]
-            title = f"{p}: layer {lay['layer']} of {lay['model']} (highest prediction)"
-            paths.append(self._save(plt, out / f"shap_waterfall_{p}.png", title))
-        return paths
+        return _explain.shap_figures(self, out_dir)
 
     def pdp_figures(self, out_dir, top: int = 3) -> list[Path]:
         """Partial dependence of each parameter's best tree model on its top SHAP features."""
-        from sklearn.inspection import PartialDependenceDisplay
-
-        plt = _plt()
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        imp, X, paths = self.shap_importance(), self.X.to_numpy(np.float64), []
-        for p, m in self.tree_models.items():
-            idx = list(np.argsort(-imp[p].to_numpy(), kind="stable")[:top])
-            fig, ax = plt.subplots(figsize=(3.2 * len(idx), 3.0))
-            PartialDependenceDisplay.from_estimator(
-                m, X, [int(i) for i in idx], feature_names=self.features, grid_resolution=25,
-                ax=ax,
-            )  # fmt: skip
-            paths.append(self._save(plt, out / f"pdp_{p}.png", f"{p} ({self.best_tree[p]})"))
-        return paths
-
-    @staticmethod
-    def _save(plt, path: Path, title: str) -> Path:
-        fig = plt.gcf()
-        fig.suptitle(title + "  [standardised transformed target]", fontsize=9)
-        fig.savefig(path, dpi=90, bbox_inches="tight")
-        plt.close(fig)
-        return path
-
-
-def arch_from_config(config: str | Path | dict) -> dict:
-    """{L, d, H, d_ff, rotary_pct, rotary_base} from an HF config (GPTNeoX, GPT-2, Llama) or
-    explicit dims. `config`: a dict, a config.json path, or a folder holding config.json.
-
-    GPTNeoX: num_hidden_layers, hidden_size, num_attention_heads, intermediate_size, rotary_pct
-    or rope_parameters.partial_rotary_factor, rotary_emb_base or rope_theta (either place).
-    GPT-2: n_layer, n_embd, n_head, n_inner (None = 4 d); no rotary (rotary_pct 0). Llama-style:
-    as GPTNeoX, rotary_pct 1 unless partial_rotary_factor says otherwise. Explicit: L, d, H,
-    d_ff (default 4 d), rotary_pct, rotary_base."""
-    if isinstance(config, (str, Path)):
-        path = Path(config)
-        path = path / "config.json" if path.is_dir() else path
-        if not path.is_file():
-            raise FileNotFoundError(f"config {path} not found (give a config.json or its folder)")
-        try:
-            config = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from None
-    if not isinstance(config, dict):
-        raise TypeError(f"config must be a dict, a path or a folder, got {type(config).__name__}")
-    c = dict(config)
-    if any(k in c for k in ("L", "d", "H", "d_ff")):  # explicit dims; d_ff defaults to 4 d
-        missing = [k for k in ("L", "d", "H") if c.get(k) is None]
-        if missing:
-            raise ValueError(f"explicit dimensions lack {missing}: give L, d, H (and d_ff)")
-        arch = {k: c[k] for k in ("L", "d", "H")}
-        arch["d_ff"] = c.get("d_ff", 4 * c["d"])
-        for k in ("rotary_pct", "rotary_base"):
-            if k in c:
-                arch[k] = c[k]
-        return arch
-    rope = c.get("rope_parameters") or c.get("rope_scaling") or {}
-    if "n_layer" in c or "n_embd" in c:  # GPT-2: learned positions, no rotary
-        need = ("n_layer", "n_embd", "n_head")
-        names = {"L": "n_layer", "d": "n_embd", "H": "n_head"}
-    else:  # GPTNeoX, Llama and friends
-        need = ("num_hidden_layers", "hidden_size", "num_attention_heads")
-        names = {"L": "num_hidden_layers", "d": "hidden_size", "H": "num_attention_heads"}
-    missing = [k for k in need if c.get(k) is None]
-    if missing:
-        raise ValueError(
-            f"config lacks {missing}: expected GPTNeoX/Llama keys (num_hidden_layers, hidden_size, "
-            "num_attention_heads, intermediate_size), GPT-2 keys (n_layer, n_embd, n_head, "
-            "n_inner) or explicit L, d, H, d_ff"
-        )
-    arch = {k: int(c[v]) for k, v in names.items()}
-    if "n_layer" in c or "n_embd" in c:
-        arch["d_ff"] = int(c.get("n_inner") or 4 * arch["d"])  # GPT-2: n_inner None = 4d
-        arch["rotary_pct"] = 0.0
-        return arch
-    if c.get("intermediate_size") is None:
-        raise ValueError("config lacks intermediate_size (the MLP width d_ff)")
-    arch["d_ff"] = int(c["intermediate_size"])
-    pct = c.get("rotary_pct", rope.get("partial_rotary_factor", c.get("partial_rotary_factor")))
-    base = c.get("rotary_emb_base", c.get("rope_theta", rope.get("rope_theta")))
-    if pct is None and c.get("model_type") != "gpt_neox":
-        pct = 1.0  # Llama-style: rotary on the full head dimension
-    if pct is not None:
-        arch["rotary_pct"] = float(pct)
-    if base is not None:
-        arch["rotary_base"] = float(base)
-    return arch
+        return _explain.pdp_figures(self, out_dir, top)
 
 
 def predict_from_config(
