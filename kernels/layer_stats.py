@@ -60,9 +60,9 @@ def _topk_update(b_top, b_key, o_k, K: tl.constexpr):
 
 @triton.jit
 def layer_stats_pass_kernel(
-    h,  # any one input tensor (gives the element type)
-    table,  # [B] int64 address of element (0, 0) of each slice: h[b, s, c] at
-    # table[b] + s * stride_s + c * stride_d (slices may come from several tensors)
+    h,  # the first input tensor (base pointer and element type)
+    table,  # [B] int64 offset in elements from h of element (0, 0) of each slice: h[b, s, c]
+    # at h + table[b] + s * stride_s + c * stride_d (slices may come from several tensors)
     hist,  # [B, BINS] int32 histogram of this level (zeroed)
     state,  # [B, 2] int64 (prefix, rank) from the previous level (unused when TOPK)
     cand,  # [B, NB, K] int64 block top-k keys (written when TOPK)
@@ -84,11 +84,15 @@ def layer_stats_pass_kernel(
     TOPK: tl.constexpr,  # first pass: also the block top-k, and no prefix match
     IS_16BIT: tl.constexpr,
     INF: tl.constexpr,
+    ALIGN: tl.constexpr,  # every table entry is a multiple of ALIGN (16 bytes: vector loads)
 ):
     i_p = tl.program_id(0)
     i_b, i_n = i_p // NB, i_p % NB
     i_r, i_c = i_n // NBD, i_n % NBD
-    p_slice = tl.load(table + i_b).to(tl.pointer_type(h.dtype.element_ty))
+    o_slice = tl.load(table + i_b)
+    if ALIGN > 1:  # an offset loaded from memory has unknown alignment: scalar loads otherwise
+        o_slice = tl.multiple_of(o_slice, ALIGN)
+    p_slice = h + o_slice
     # [BD]
     o_c = (i_c * BD + tl.arange(0, BD)).to(tl.int64)
     m_c = o_c < D
@@ -96,9 +100,8 @@ def layer_stats_pass_kernel(
     # [KP] running top-k keys; padding slots are never the minimum
     b_top = tl.where(o_k < K, -1, 0x7FFFFFFFFFFFFFFF).to(tl.int64)
     b_hist = tl.zeros([BINS], dtype=tl.int32)
-    n_out = tl.zeros([], dtype=tl.int32)
-    if not TOPK:
-        b_prefix = tl.load(state + i_b * 2)
+    if not TOPK:  # < 2**31: int32 keeps the per-element prefix test 32-bit
+        b_prefix = tl.load(state + i_b * 2).to(tl.int32)
     for i_t in range(NT):
         # [BS]
         o_s = ((i_r * NT + i_t) * BS + tl.arange(0, BS)).to(tl.int64)
@@ -118,11 +121,10 @@ def layer_stats_pass_kernel(
         else:
             m_bin = m_h & ((b_bits >> (SHIFT + BITS)) == b_prefix)
         b_bin = (b_bits >> SHIFT) & (BINS - 1)
-        # excluded elements are counted in bin 0 and taken out below (histogram's own mask
-        # argument needs a recent Triton)
-        b_bin = tl.where(m_bin, b_bin, 0)
-        b_hist += tl.histogram(tl.reshape(b_bin, [BS * BD]), BINS)
-        n_out += BS * BD - tl.sum(m_bin.to(tl.int32))
+        # histogram wants 1-D input; bins and mask are flattened alike
+        b_hist += tl.histogram(
+            tl.reshape(b_bin, [BS * BD]), BINS, mask=tl.reshape(m_bin, [BS * BD])
+        )
         if TOPK:
             # cheap int32 test first: only a tile that can enter the top-k builds its keys.
             # Strict: later tiles of a block have larger flat indices, so they lose value ties.
@@ -138,8 +140,8 @@ def layer_stats_pass_kernel(
                     b_top = tl.where((o_k == i_lo) & (b_max > b_lo), b_max, b_top)
                     b_key = tl.where(b_key == b_max, -1, b_key)
     o_bin = tl.arange(0, BINS)
-    b_hist -= tl.where(o_bin == 0, n_out, 0)
-    tl.atomic_add(hist + i_b * hist_stride + o_bin, b_hist, mask=b_hist != 0)
+    # relaxed: the next launch reads the histogram; no ordering inside this one is needed
+    tl.atomic_add(hist + i_b * hist_stride + o_bin, b_hist, mask=b_hist != 0, sem="relaxed")
     if TOPK:
         tl.store(cand + (i_b * NB + i_n) * K + o_k, b_top, mask=o_k < K)
 
@@ -233,6 +235,18 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
+def cuda_launch_config(sm_count: int) -> tuple[int, int, int]:
+    """(pass programs, elements per tile, warps) on a GPU with sm_count SMs."""
+    return 8 * sm_count, 4096, 8
+
+
+def launch_config(device: torch.device) -> tuple[int, int, int]:
+    """(pass programs, elements per tile, warps) for tensors on device (the interpreter: small)."""
+    if device.type == "cuda":
+        return cuda_launch_config(_sm_count(device.index or 0))
+    return 4, 2048, 1
+
+
 def plan(
     shape: tuple[int, ...],
     strides: tuple[int, ...],
@@ -262,8 +276,10 @@ def plan(
     block_s = max(1, tile // block_d)
     nbd = triton.cdiv(D, block_d)
     tiles_s = triton.cdiv(S, block_s)
-    if tiles is None:  # enough tiles per block to keep the candidate buffer small
-        tiles = max(1, min(tiles_s, (B * tiles_s * nbd) // max(1, programs)))
+    if tiles is None:  # enough tiles per block to keep the candidate buffer small; rounded
+        # up so the grid stays within `programs` (rounding down overshoots it: with one
+        # resident wave of `programs` blocks, a second, nearly empty wave)
+        tiles = max(1, min(tiles_s, triton.cdiv(B * tiles_s * nbd, max(1, programs))))
     nbs = triton.cdiv(tiles_s, tiles)
     nb = nbs * nbd
     bins = [2**w for w in LEVELS[dtype]]
@@ -281,13 +297,21 @@ def plan(
     )
 
 
-def _slice_table(h: torch.Tensor) -> torch.Tensor:
-    """[B] int64 address of element (0, 0) of each slice of h [..., S, D] (any strides)."""
+def _slice_table(h: torch.Tensor, base: int) -> torch.Tensor:
+    """[B] int64 offset in elements from address base of element (0, 0) of each slice of h."""
     off = torch.zeros((), dtype=torch.int64, device=h.device)
     for size, stride in zip(h.shape[:-2], h.stride()[:-2]):
         idx = torch.arange(size, dtype=torch.int64, device=h.device) * stride
         off = off.unsqueeze(-1) + idx
-    return off.reshape(-1) * h.element_size() + h.data_ptr()
+    return off.reshape(-1) + (h.data_ptr() - base) // h.element_size()
+
+
+def _slice_align(h: torch.Tensor) -> bool:
+    """Whether the start of every slice of h is a multiple of 16 bytes (host-side, no sync)."""
+    starts = [h.data_ptr()] + [
+        stride * h.element_size() for size, stride in zip(h.shape[:-2], h.stride()[:-2]) if size > 1
+    ]
+    return all(a % 16 == 0 for a in starts)
 
 
 def group_key(h: torch.Tensor) -> tuple:
@@ -326,10 +350,8 @@ def triton_layer_stats_many(
 
         return [torch_layer_stats(x, k) for x in hs]
     dev = h.device
-    if dev.type == "cuda":
-        programs, tile, warps = 8 * _sm_count(dev.index or 0), tile or 4096, 8
-    else:  # the interpreter: small tiles
-        programs, tile, warps = 4, tile or 2048, 1
+    programs, default_tile, warps = launch_config(dev)
+    tile = tile or default_tile
     sizes = [math.prod(x.shape[:-2]) for x in hs]
     cfg = plan(
         (sum(sizes), S, D),
@@ -342,7 +364,13 @@ def triton_layer_stats_many(
         tiles=tiles,
     )
     B, nb, bins = cfg["B"], cfg["nb"], cfg["bins"]
-    table = torch.cat([_slice_table(x) for x in hs]) if len(hs) > 1 else _slice_table(h)
+    base, esize = h.data_ptr(), h.element_size()
+    if any((x.data_ptr() - base) % esize for x in hs):  # offsets from h must be whole elements
+        opts = dict(empty=empty, tile=tile, block_d=block_d, tiles=tiles)
+        return [triton_layer_stats_many([x], k, **opts)[0] for x in hs]
+    table = torch.cat([_slice_table(x, base) for x in hs])
+    # with 16-byte aligned slice starts the compiler may use 16-byte loads
+    align = 16 // esize if all(_slice_align(x) for x in hs) else 1
     hist_stride = sum(bins)
     hist = torch.zeros(B, hist_stride, dtype=torch.int32, device=dev)
     state = torch.empty(B, 2, dtype=torch.int64, device=dev)
@@ -393,6 +421,7 @@ def triton_layer_stats_many(
             TOPK=lvl == 0,
             IS_16BIT=is_16,
             INF=inf,
+            ALIGN=align,
             num_warps=warps,
         )
     layer_stats_finalize_kernel[(B,)](

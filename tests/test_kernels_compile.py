@@ -1,0 +1,208 @@
+"""Ahead-of-time compilation of the layer-stats kernels for an H100 (sm_90), no GPU needed.
+
+The other kernel tests run under the Triton interpreter, which accepts code the real compiler
+rejects. Here every launch the launcher makes for the benchmark shapes is captured (the kernels
+are not run) and compiled to TTIR, TTGIR, LLVM IR, PTX and a cubin (bundled ptxas) with exactly
+the launcher's specialisation: argument types, constexprs, divisibility attributes, num_warps.
+The compile runs in a subprocess without TRITON_INTERPRET (conftest sets it before imports).
+
+Run this file directly to see the resource figures:
+    python tests/test_kernels_compile.py '[["bfloat16", [8, 2048, 4096], 3, false]]'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+# (dtype, shape, k, transposed): the two benchmark shapes in every dtype, and small odd shapes
+# (no divisibility by 16, unaligned slices, a transposed view: other plans and specialisations)
+CASES = [
+    (dtype, shape, 3, False)
+    for dtype in ("float32", "float16", "bfloat16")
+    for shape in ([8, 2048, 4096], [10, 2048, 5120], [2, 37, 50])
+] + [("bfloat16", [3, 64, 40], 3, True), ("float16", [2, 37, 50], 1, False)]
+SM_COUNT = 132  # H100 SXM: the launch configuration (programs, tile, warps) depends on it
+ROOT = Path(__file__).resolve().parents[1]
+HAS_CUDA = torch.cuda.is_available()
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _compile_cases(cases: list) -> list[dict]:
+    """Capture the launches of triton_layer_stats for each case and compile each distinct one."""
+    import triton
+    from massact.kernels import layer_stats as ls
+    from triton import knobs
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import JITFunction, create_function_from_signature
+
+    launches = []
+
+    def capture(kernel, grid):
+        return lambda *args, **kwargs: launches.append((kernel, grid, args, kwargs))
+
+    JITFunction.__getitem__ = capture  # record, do not run
+    ls.launch_config = lambda device: ls.cuda_launch_config(SM_COUNT)
+    target = GPUTarget("cuda", 90, 32)
+    backend = make_backend(target)
+    cuobjdump = Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"
+    seen, out = set(), []
+    for dtype, shape, k, transposed in cases:
+        # CPU memory is only reserved (never touched); data_ptr alignment is what the GPU has
+        h = torch.empty(shape, dtype=getattr(torch, dtype))
+        if transposed:
+            h = torch.empty(shape[:-2] + shape[-2:][::-1], dtype=h.dtype).transpose(-1, -2)
+        elif shape[-1] % 16:  # a view with an unaligned start: the launcher's ALIGN=1 path
+            h = torch.empty(h.numel() + 1, dtype=h.dtype)[1:].view(shape)
+        launches.clear()
+        ls.triton_layer_stats(h, k)
+        for kernel, grid, args, kwargs in launches:
+            kwargs = dict(kwargs, debug=False)
+            kwargs["instrumentation_mode"] = knobs.compilation.instrumentation_mode
+            kwargs["fpsan_homomorphic_casts"] = knobs.compilation.fpsan_homomorphic_casts
+            binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+            bound, specialization, options = binder(*args, **kwargs)
+            options, signature, constexprs, attrs = kernel._pack_args(
+                backend, kwargs, bound, specialization, options
+            )
+            names = kernel.arg_names
+            consts = {names[p[0]]: v for p, v in constexprs.items() if len(p) == 1}
+            key = (kernel.__name__, str(signature), str(consts), str(attrs), str(options))
+            if key in seen:
+                continue
+            seen.add(key)
+            row = dict(
+                case=[dtype, shape, k, transposed],
+                kernel=kernel.__name__,
+                grid=list(grid),
+                constexprs={n: v for n, v in consts.items() if not isinstance(v, str)},
+            )
+            t0 = time.perf_counter()
+            try:
+                src = ASTSource(kernel, signature, constexprs, attrs)
+                compiled = triton.compile(src, target=target, options=options.__dict__)
+            except Exception as e:  # reported per kernel; the test fails on any
+                row["error"] = f"{type(e).__name__}: {e}"[:4000]
+                out.append(row)
+                continue
+            row["seconds"] = round(time.perf_counter() - t0, 2)
+            row["stages"] = sorted(compiled.asm)
+            row["dyn_shared"] = compiled.metadata.shared  # bytes the launch requests
+            ptx = compiled.asm["ptx"]
+            row["vector_loads"] = ptx.count("ld.global.v")
+            row["narrow_loads"] = ptx.count("ld.global.b16") + ptx.count("ld.global.b32")
+            if "cubin" in compiled.asm and cuobjdump.exists():
+                row.update(_resources(cuobjdump, compiled.asm["cubin"], kernel.__name__))
+            out.append(row)
+    return out
+
+
+def _resources(cuobjdump: Path, cubin: bytes, name: str) -> dict:
+    """REG / STACK / LOCAL / SHARED of the kernel in cubin, from cuobjdump --dump-resource-usage."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run(
+            [str(cuobjdump), "--dump-resource-usage", f.name], capture_output=True, text=True
+        ).stdout
+    fields = text.split(f"Function {name}:", 1)[-1].split()
+    return {
+        key.lower(): int(value)
+        for key, value in (f.split(":", 1) for f in fields if ":" in f)
+        if key in ("REG", "STACK", "LOCAL", "SHARED") and value.isdigit()
+    }
+
+
+def _can_target_cuda() -> str | None:
+    """Why this Triton build cannot compile for CUDA without a device, or None if it can."""
+    try:
+        from triton.backends import backends
+    except ImportError as e:
+        return f"triton.backends unavailable: {e}"
+    if "nvidia" not in backends:
+        return f"this Triton build has no NVIDIA backend (has {sorted(backends)})"
+    return None
+
+
+def test_kernels_compile_for_sm90(tmp_path):
+    reason = _can_target_cuda()
+    if reason:
+        pytest.skip(reason)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    # a fresh cache: a kernel compiled by an earlier run must be compiled again
+    env.update(TRITON_CACHE_DIR=str(tmp_path / "cache"), TRITON_DEFAULT_FP_FUSION="1")
+    proc = subprocess.run(
+        [sys.executable, __file__, json.dumps(CASES)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = json.loads(proc.stdout.strip().splitlines()[-1])
+    for row in rows:  # shown with -s
+        figures = {k: row.get(k) for k in ("reg", "local", "dyn_shared", "seconds", "vector_loads")}
+        print(row["kernel"], row["case"], row.get("error", figures))
+    failed = [
+        f"{r['kernel']} {r['case']} {r['constexprs']}: {r['error']}" for r in rows if "error" in r
+    ]
+    assert not failed, "\n".join(failed)
+    kernels = {r["kernel"] for r in rows}
+    assert kernels == {
+        "layer_stats_pass_kernel",
+        "layer_stats_select_kernel",
+        "layer_stats_finalize_kernel",
+    }
+    for row in rows:
+        assert {"ttir", "ttgir", "llir", "ptx", "cubin"} <= set(row["stages"]), row
+        if "local" in row:  # no register spills (local memory) in any kernel
+            assert row["local"] == 0 and row["stack"] == 0, row
+    # the hot passes on aligned contiguous input load 16 bytes at a time, never 2 or 4
+    hot = [
+        r
+        for r in rows
+        if r["kernel"] == "layer_stats_pass_kernel"
+        and r["case"][:2] == ["bfloat16", [8, 2048, 4096]]
+    ]
+    assert len(hot) == 2 and all(r["vector_loads"] > 0 == r["narrow_loads"] for r in hot), hot
+    assert all(r["constexprs"]["ALIGN"] == 8 for r in hot), hot
+
+
+@pytest.mark.skipif(not INTERPRET and not HAS_CUDA, reason="needs TRITON_INTERPRET or CUDA")
+def test_many_tensors_offsets_from_first_tensor():
+    """Slices are addressed as element offsets from the first tensor: negative offsets (other
+    allocations below it), and one unaligned tensor turns the 16-byte alignment hint off."""
+    from massact.kernels import layer_stats as ls
+    from test_layer_stats import assert_stats_equal
+
+    from massact import reference_layer_stats
+
+    device = "cuda" if HAS_CUDA else "cpu"
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(n, 9, 16, generator=gen).to(device, torch.bfloat16) for n in (2, 3))
+    hs = sorted([a[1], b, b[::2]], key=lambda x: -x.data_ptr())  # the first is highest
+    assert all(ls._slice_align(x) for x in hs)
+    unaligned = torch.randn(1 + 2 * 9 * 16, generator=gen).to(device, torch.bfloat16)[1:]
+    unaligned = unaligned.view(2, 9, 16)
+    assert not ls._slice_align(unaligned)
+    for group in (hs, [*hs, unaligned], [unaligned, *hs]):
+        for got, h in zip(ls.triton_layer_stats_many(group, 3), group):
+            assert_stats_equal(got, reference_layer_stats(h, 3))
+
+
+if __name__ == "__main__":
+    if os.environ.get("TRITON_INTERPRET"):
+        sys.exit("unset TRITON_INTERPRET: this compiles for a real GPU target")
+    sys.path.insert(0, str(ROOT))
+    print(json.dumps(_compile_cases(json.loads(sys.argv[1]))))
