@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     # statistics
     "layer_stats": "massact._stats",
+    "layer_stats_many": "massact._stats",
     "LayerStats": "massact._stats",
     "reference_layer_stats": "massact._reference",
     # probing: hooks, adapters, training monitor
@@ -25,6 +26,7 @@ _EXPORTS: dict[str, str] = {
     "LayerStatsCollector": "massact._probe",
     "transformer_lens_hook": "massact._probe",
     "stats_of": "massact._probe",
+    "decoder_layers": "massact._probe",
     "RatioMonitor": "massact._monitor",
     "RatioMonitorCallback": "massact._monitor",
     # curves
@@ -32,16 +34,29 @@ _EXPORTS: dict[str, str] = {
     "FitResult": "massact._fit",
     "FitStatus": "massact._fit",
     "fit_hypotheses": "massact._hypotheses",
+    "curve": "massact._curves",
     # trajectories
     "Trajectories": "massact._dataset",
     "load_dataset": "massact._dataset",
     "load_trajectories": "massact._dataset",
     "variability_table": "massact._dataset",
+    "Dataset": "massact._dataset",
+    "write_task": "massact._dataset",
+    "task_done": "massact._dataset",
+    "write_architectures": "massact._dataset",
+    "MINI_PRESETS": "massact._mini_suite",
+    "MiniArch": "massact._mini_suite",
     "ingest_archive": "massact._archive",
     "sweep_pythia": "massact._pythia",
+    "PYTHIA_ARCHS": "massact._pythia",
+    "PYTHIA_STEPS": "massact._pythia",
+    "paper_steps": "massact._pythia",
     "train_mini_suite": "massact._mini_suite",
     # prediction and report
     "architecture_features": "massact._predict",
+    "predict_from_config": "massact._predict",
+    "arch_from_config": "massact._arch_config",
+    "FEATURES": "massact._predict",
     "train_predictors": "massact._predict",
     "Predictor": "massact._predict",
     "write_report": "massact._report",

@@ -1,0 +1,428 @@
+"""Figures of the report, in the paper's form (matplotlib, no display).
+
+Each function takes the data it draws (a Dataset, Trajectories and/or FitResult) and an output
+path, writes one PNG and returns the path. Figures are built on `matplotlib.figure.Figure`
+directly, never through pyplot, so no backend or global state is touched (works headless and
+in threads). Paper numbering: Fig. 2 final ratio vs size, Fig. 3 top activations per layer,
+Fig. 4 ratio trajectories, Fig. 5 peak heatmaps, Fig. 6 fits, Fig. 7 R^2, Fig. 8 t_peak surface.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+if TYPE_CHECKING:
+    from ._dataset import Dataset, Trajectories
+    from ._fit import FitResult
+
+_DPI = 110
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=_DPI, bbox_inches="tight")
+    return path
+
+
+def _top_columns(stats: pd.DataFrame) -> list[str]:
+    cols = [c for c in stats.columns if c.startswith("top") and c[3:].isdigit()]
+    return sorted(cols, key=lambda c: int(c[3:]))
+
+
+def model_order(dataset: Dataset | None = None, keys: pd.DataFrame | None = None) -> list[str]:
+    """Models sorted by parameter count (then name); falls back to name order."""
+    frames = []
+    if dataset is not None and len(dataset.architectures):
+        frames.append(dataset.architectures)
+    if keys is not None:
+        frames.append(keys)
+    for frame in frames:
+        if "n_params" in frame.columns:
+            order = frame.drop_duplicates("model").sort_values(["n_params", "model"])
+            return [str(m) for m in order["model"]]
+    for frame in frames:
+        if "model" in frame.columns:
+            return sorted(str(m) for m in frame["model"].unique())
+    if dataset is not None:
+        return sorted(str(m) for m in dataset.stats["model"].unique())
+    return []
+
+
+def layer_means(stats: pd.DataFrame) -> pd.DataFrame:
+    """Mean over samples per (model, step, layer) of top-k, median and top-k/median ratios.
+
+    Ratios are averaged per sequence (Eq. 8), not formed from averaged tops.
+    """
+    tops = _top_columns(stats)
+    frame = stats[["model", "step", "layer", *tops, "median"]].copy()
+    for c in tops:
+        frame[f"ratio{c[3:]}"] = frame[c] / frame["median"]
+    return frame.groupby(["model", "step", "layer"], as_index=False).mean(numeric_only=True)
+
+
+def fig_final_ratio(dataset: Dataset, path: str | Path) -> Path:
+    """Fig. 2: parameter count vs the largest layer top1/median ratio at each model's last step."""
+    means = layer_means(dataset.stats)
+    last = means[means["step"] == means.groupby("model")["step"].transform("max")]
+    final = last.groupby("model")["ratio1"].max()
+    arch = dataset.architectures
+    n_params = (
+        arch.drop_duplicates("model").set_index("model")["n_params"]
+        if "n_params" in arch.columns
+        else pd.Series(dtype=float)
+    )
+    models = [m for m in model_order(dataset) if m in final.index]
+    x = np.array([float(n_params.get(m, np.nan)) for m in models])
+    y = final.loc[models].to_numpy(float)
+    fig = Figure(layout="constrained", figsize=(5.5, 4))
+    ax = fig.add_subplot()
+    if np.isfinite(x).all() and (x > 0).all():
+        ax.plot(x, y, "o-")
+        ax.set_xscale("log")
+        ax.set_xlabel("parameters")
+    else:  # no parameter counts: order by size rank
+        x = np.arange(len(models), dtype=float)
+        ax.plot(x, y, "o-")
+        ax.set_xlabel("model (by size)")
+    for xi, yi, m in zip(x, y, models):
+        ax.annotate(m, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    if (y > 0).all():
+        ax.set_yscale("log")
+    ax.set_ylabel("final max top1/median ratio")
+    ax.set_title("Final massive-activation ratio vs model size")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def pick_models(order: list[str], n: int = 3) -> list[str]:
+    """Up to n models spread over the size order (smallest, middle, largest)."""
+    if len(order) <= n:
+        return list(order)
+    idx = sorted({round(i * (len(order) - 1) / (n - 1)) for i in range(n)})
+    return [order[i] for i in idx]
+
+
+def fig_top_activations(
+    dataset: Dataset, path: str | Path, models: list[str] | None = None
+) -> Path:
+    """Fig. 3: top-k |h| and median per layer at the first (dashed) and last (solid) step."""
+    means = layer_means(dataset.stats)
+    models = models or pick_models(model_order(dataset))
+    tops = _top_columns(dataset.stats)[:3]
+    fig = Figure(layout="constrained", figsize=(4.2 * len(models), 3.6))
+    axes = fig.subplots(1, len(models), squeeze=False)[0]
+    for ax, model in zip(axes, models):
+        sub = means[means["model"] == model]
+        first, last = sub["step"].min(), sub["step"].max()
+        for step, style in ((first, "--"), (last, "-")):
+            rows = sub[sub["step"] == step].sort_values("layer")
+            for j, c in enumerate([*tops, "median"]):
+                ax.plot(
+                    rows["layer"],
+                    rows[c],
+                    style,
+                    color=f"C{j}",
+                    marker="o",
+                    ms=3,
+                    label=f"{c} step {int(step)}",
+                )
+        ratio = sub[sub["step"] == last]["ratio1"].max()
+        ax.set_title(f"{model}: final top1/median {ratio:.3g}")
+        ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("|activation| (mean over sequences)")
+    handles, labels = axes[-1].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, ncol=4, loc="lower center", bbox_to_anchor=(0.5, -0.12))
+    return _save(fig, path)
+
+
+def fig_ratio_trajectories(dataset: Dataset, path: str | Path, model: str) -> Path:
+    """Fig. 4: top-1..3 / median ratio vs training step, one panel per layer of `model`."""
+    means = layer_means(dataset.stats)
+    sub = means[means["model"] == model]
+    if sub.empty:
+        raise ValueError(f"model {model!r} is not in the dataset")
+    layers = sorted(sub["layer"].unique())
+    ncol = min(len(layers), 4)
+    nrow = math.ceil(len(layers) / ncol)
+    fig = Figure(layout="constrained", figsize=(3.2 * ncol, 2.4 * nrow))
+    axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
+    ratio_cols = [c for c in sub.columns if c.startswith("ratio") and c[5:].isdigit()][:3]
+    for ax, layer in zip(axes, layers):
+        rows = sub[sub["layer"] == layer].sort_values("step")
+        for j, c in enumerate(ratio_cols):
+            ax.plot(rows["step"], rows[c], color=f"C{j}", lw=1.2, label=f"top{c[5:]}/median")
+        ax.set_title(f"layer {int(layer)}", fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(layers) :]:
+        ax.set_visible(False)
+    axes[0].legend(fontsize=6)
+    fig.suptitle(f"{model}: ratio of top activations to median during training")
+    fig.supxlabel("training step")
+    return _save(fig, path)
+
+
+def _layer_table(keys: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Per curve: layer index and number of layers L (from the keys, else the max layer + 1)."""
+    layer = keys["layer"].to_numpy(int)
+    if "L" in keys.columns:
+        depth = keys["L"].to_numpy(int)
+    else:
+        depth = keys.groupby("model")["layer"].transform("max").to_numpy(int) + 1
+    return layer, depth
+
+
+def peak_table(traj: Trajectories) -> pd.DataFrame:
+    """Per curve: model, layer, L, observed peak ratio and the step where it occurs."""
+    y = np.where(traj.mask, traj.y, -np.inf)
+    idx = np.argmax(y, axis=1)
+    rows = np.arange(len(y))
+    layer, depth = _layer_table(traj.keys)
+    peak = y[rows, idx]
+    return pd.DataFrame(
+        {
+            "model": traj.keys["model"].astype(str).to_numpy(),
+            "layer": layer,
+            "L": depth,
+            "peak_ratio": np.where(np.isfinite(peak), peak, np.nan),
+            "peak_step": traj.t[rows, idx],
+        }
+    )
+
+
+def fig_peak_heatmaps(traj: Trajectories, path: str | Path, n_bins: int = 10) -> Path:
+    """Fig. 5: (a) peak ratio and (b) peak step by relative depth (rows) and model (columns).
+
+    Each depth bin shows the layer that covers its centre, so shallow models repeat layers
+    instead of leaving holes.
+    """
+    table = peak_table(traj)
+    models = model_order(keys=traj.keys)
+    n_bins = max(1, min(n_bins, int(table["L"].max())))
+    centres = (np.arange(n_bins) + 0.5) / n_bins
+    mag = np.full((n_bins, len(models)), np.nan)
+    step = np.full_like(mag, np.nan)
+    for j, model in enumerate(models):
+        sub = table[table["model"] == model].set_index("layer")
+        depth = int(sub["L"].iloc[0])
+        for i, c in enumerate(centres):
+            layer = min(int(c * depth), depth - 1)
+            if layer in sub.index:
+                mag[i, j] = sub.at[layer, "peak_ratio"]
+                step[i, j] = sub.at[layer, "peak_step"]
+    fig = Figure(layout="constrained", figsize=(max(6.0, 1.1 * len(models) * 2 + 2), 4.2))
+    axes = fig.subplots(1, 2)
+    for ax, data, title, cmap in (
+        (axes[0], mag, "a) peak top1/median ratio", "magma"),
+        (axes[1], step, "b) step of the peak", "viridis"),
+    ):
+        finite = data[np.isfinite(data)]
+        norm = LogNorm() if finite.size and (finite > 0).all() and ax is axes[0] else None
+        im = ax.imshow(
+            np.ma.masked_invalid(data), aspect="auto", origin="upper", cmap=cmap, norm=norm
+        )
+        fig.colorbar(im, ax=ax, shrink=0.85)
+        ax.set_xticks(range(len(models)), models, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(n_bins), [f"{c:.2f}" for c in centres], fontsize=7)
+        ax.set_title(title)
+    axes[0].set_ylabel("relative depth (layer / L)")
+    return _save(fig, path)
+
+
+def fitted(fit: FitResult) -> np.ndarray:
+    """[N] bool: the Eq. 14 fit converged (or hit max-iterations) with a finite R^2.
+
+    Wider than `fit.ok()`, which also needs finite Eq. 9 parameters: a log-increase curve
+    fitted with beta -> 0 has a good fit (and curve) but gamma = exp(A2/A1) overflows.
+    """
+    return np.isfinite(fit.r2) & np.isin(fit.status, (0, 1))
+
+
+def _row_of(keys: pd.DataFrame, model: str, layer: int) -> int | None:
+    hit = np.flatnonzero((keys["model"].astype(str) == model).to_numpy() & (keys["layer"] == layer))
+    return int(hit[0]) if hit.size else None
+
+
+def fig_fit_examples(
+    traj: Trajectories, fit: FitResult, path: str | Path, models: list[str] | None = None
+) -> Path:
+    """Fig. 6: data (Eq. 8) and fitted Eq. 9 with a 95% band for a shallow, middle, deep layer."""
+    order = model_order(keys=traj.keys)
+    if models is None:  # the two largest models, as the paper shows 1B and 6.9B
+        models = order[-2:]
+    fig = Figure(layout="constrained", figsize=(11, 3.0 * len(models)))
+    axes = fig.subplots(len(models), 3, squeeze=False)
+    for r, model in enumerate(models):
+        sub = traj.keys[traj.keys["model"].astype(str) == model]
+        depth = int(sub["layer"].max()) + 1
+        for c, (name, layer) in enumerate(
+            (("shallow", 0), ("middle", depth // 2), ("deep", depth - 1))
+        ):
+            ax = axes[r, c]
+            i = _row_of(traj.keys, model, layer)
+            if i is None:
+                ax.set_visible(False)
+                continue
+            m = traj.mask[i]
+            t, y = traj.t[i][m], traj.y[i][m]
+            ax.plot(t, y, "o", ms=3, color="k", label="data (Eq. 8)")
+            if fitted(fit)[i] and t.size:
+                dense = np.linspace(t.min(), t.max(), 200)
+                yf, lo, hi = fit.evaluate(dense)
+                ax.plot(dense, yf[i], color="C3", label=f"Eq. 9 fit, R²={fit.r2[i]:.3f}")
+                if np.isfinite(lo[i]).all() and np.isfinite(hi[i]).all():
+                    ax.fill_between(dense, lo[i], hi[i], color="C3", alpha=0.2, lw=0)
+            else:
+                ax.text(0.5, 0.5, "fit failed", transform=ax.transAxes, ha="center")
+            ax.set_title(f"{model}, {name} layer {layer}", fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.supxlabel("training step")
+    fig.supylabel("top1/median")
+    return _save(fig, path)
+
+
+def fig_r2(traj: Trajectories, fit: FitResult, path: str | Path) -> Path:
+    """Fig. 7: (a) R^2 distribution per model, (b) R^2 by relative depth per model."""
+    models = model_order(keys=traj.keys)
+    ok = fitted(fit)
+    layer, depth = _layer_table(traj.keys)
+    names = traj.keys["model"].astype(str).to_numpy()
+    fig = Figure(layout="constrained", figsize=(11, 4))
+    ax_a, ax_b = fig.subplots(1, 2)
+    data = [fit.r2[(names == m) & ok] for m in models]
+    shown = [d if d.size else np.array([np.nan]) for d in data]
+    ax_a.boxplot(shown, tick_labels=models)
+    ax_a.tick_params(axis="x", rotation=45, labelsize=8)
+    ax_a.set_ylabel("R²")
+    ax_a.set_title("a) R² of the Eq. 9 fit per model")
+    for j, m in enumerate(models):
+        sel = (names == m) & ok
+        order = np.argsort(layer[sel])
+        rel = (layer[sel] + 0.5) / depth[sel]
+        ax_b.plot(rel[order], fit.r2[sel][order], "o-", ms=3, color=f"C{j % 10}", label=m)
+    ax_b.set_xlabel("relative depth (layer / L)")
+    ax_b.set_title("b) R² by layer")
+    ax_b.legend(fontsize=7, ncol=2)
+    for ax in (ax_a, ax_b):
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def t_peak_grid(lam: np.ndarray, gamma: np.ndarray, t0: float) -> np.ndarray:
+    """Eq. 13 on a grid: t_peak[i, j] for lam[j], gamma[i]; NaN where t_peak <= 0.
+
+    exp(W(1/lam)) = 1 / (lam W(1/lam)), so t_peak = (1/(lam W(1/lam)) - t0) / gamma.
+    """
+    from scipy.special import lambertw
+
+    lam = np.asarray(lam, float)
+    w = lambertw(1.0 / lam).real
+    x_peak = 1.0 / (lam * w)
+    tp = (x_peak[None, :] - t0) / np.asarray(gamma, float)[:, None]
+    return np.where(tp > 0, tp, np.nan)
+
+
+def _span(values: np.ndarray, default: tuple[float, float]) -> tuple[float, float]:
+    v = values[np.isfinite(values) & (values > 0)]
+    if v.size == 0:
+        return default
+    lo, hi = float(v.min()) / 3, float(v.max()) * 3
+    return (lo, hi) if hi > lo else default
+
+
+def fig_t_peak(
+    fit: FitResult, path: str | Path, t0: float | None = None, last_step: float | None = None
+) -> Path:
+    """Fig. 8: t_peak over (lam, gamma) at fixed t0 (median fitted t0); masked where <= 0.
+
+    The fitted layers are overlaid as points; a contour marks t_peak = last_step (peaks above
+    it are not observable within training).
+    """
+    ok = fit.ok()
+    params = fit.params[ok] if ok.any() else np.empty((0, 5))
+    lam_f, gam_f, t0_f = params[:, 1], params[:, 2], params[:, 3]
+    if t0 is None:
+        finite = t0_f[np.isfinite(t0_f)]
+        t0 = float(np.median(finite)) if finite.size else 1.0
+    lam = np.geomspace(*_span(lam_f, (1e-2, 10.0)), 160)
+    gamma = np.geomspace(*_span(gam_f, (1e-5, 1e-1)), 160)
+    tp = t_peak_grid(lam, gamma, t0)
+    fig = Figure(layout="constrained", figsize=(6, 4.6))
+    ax = fig.add_subplot()
+    finite = tp[np.isfinite(tp)]
+    norm = LogNorm(finite.min(), finite.max()) if finite.size and finite.max() > 0 else None
+    mesh = ax.pcolormesh(lam, gamma, np.ma.masked_invalid(tp), norm=norm, shading="auto")
+    fig.colorbar(mesh, ax=ax, label="t_peak (steps)")
+    if last_step is not None and finite.size and finite.min() < last_step < finite.max():
+        cs = ax.contour(lam, gamma, np.nan_to_num(tp, nan=0.0), levels=[last_step], colors="w")
+        ax.clabel(cs, fmt={last_step: f"last step {last_step:.0f}"}, fontsize=7)
+    ax.scatter(lam_f, gam_f, s=10, c="w", edgecolors="k", lw=0.5, label="fitted layers")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("λ")
+    ax.set_ylabel("γ")
+    ax.set_title(f"t_peak (Eq. 13), t0 = {t0:.3g}; blank: no peak (t_peak <= 0)")
+    if lam_f.size:
+        ax.legend(fontsize=7, loc="lower left")
+    return _save(fig, path)
+
+
+def all_figures(
+    out_dir: str | Path,
+    dataset: Dataset,
+    traj: Trajectories,
+    fit: FitResult | None,
+    *,
+    max_trajectory_models: int = 4,
+) -> dict[str, Any]:
+    """Every figure the report shows: name -> (path, caption). Skips fit figures without a fit."""
+    out = Path(out_dir)
+    figs: dict[str, Any] = {}
+    figs["fig2"] = (
+        fig_final_ratio(dataset, out / "fig2_final_ratio.png"),
+        "Fig. 2: parameter count vs the final top1/median ratio (max over layers, last step).",
+    )
+    figs["fig3"] = (
+        fig_top_activations(dataset, out / "fig3_top_activations.png"),
+        "Fig. 3: top-1..3 activations and median per layer at the first (dashed) and last "
+        "(solid) step.",
+    )
+    order = model_order(dataset)
+    for model in pick_models(order, max_trajectory_models):
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in model)
+        figs[f"fig4_{safe}"] = (
+            fig_ratio_trajectories(dataset, out / f"fig4_trajectories_{safe}.png", model),
+            f"Fig. 4: top-1..3 to median ratios during training, {model}, one panel per layer.",
+        )
+    figs["fig5"] = (
+        fig_peak_heatmaps(traj, out / "fig5_peak_heatmaps.png"),
+        "Fig. 5: peak ratio (a) and step of the peak (b) by relative depth and model (data).",
+    )
+    if fit is not None:
+        figs["fig6"] = (
+            fig_fit_examples(traj, fit, out / "fig6_fit_examples.png"),
+            "Fig. 6: data and Eq. 9 fits (95% band) for a shallow, middle and deep layer.",
+        )
+        figs["fig7"] = (
+            fig_r2(traj, fit, out / "fig7_r2.png"),
+            "Fig. 7: coefficients of determination of the trajectory fits.",
+        )
+        figs["fig8"] = (
+            fig_t_peak(fit, out / "fig8_t_peak.png", last_step=float(np.max(traj.t))),
+            "Fig. 8: t_peak (Eq. 13) over (λ, γ) with t0 fixed at the median fitted value; "
+            "masked where no peak is observable.",
+        )
+    return figs
