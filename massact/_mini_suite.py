@@ -1,0 +1,486 @@
+"""Source 3: the built-in mini-suite, small GPTNeoX models trained from scratch, fully offline.
+
+Each architecture (depth L, width d, heads H, MLP ratio d_ff/d) is trained with AdamW (linear
+warmup, cosine decay to 10%) on byte-level tokens (256 byte values + a BOS token that starts
+every sequence) from a corpus every machine has: the source text of the installed Python
+standard library (read in sorted path order), or a file/folder the user names. At a Pythia-like
+checkpoint schedule (0, powers of two, then regular steps) the per-layer statistics of a fixed
+probe set are written as one dataset task per (model, step), through the same forward hooks
+(`massact._probe.collect_layer_stats`) a real sweep uses.
+
+Determinism and resumption: weights are initialised from a seed derived from (seed, model
+name), batch b of step s is drawn from a generator seeded with (seed, s), and there is no
+dropout. After each checkpoint's task file, the training state (model + optimizer) is saved
+atomically under <out>/.mini_state/; a sweep that is killed and run again skips finished models
+and finished tasks, resumes each unfinished model from its last saved state, and produces the
+same data as an uninterrupted run on the same machine and thread count (on a GPU, attention
+backward kernels may not be bitwise deterministic). The state file is removed once a model is
+complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import sys
+import sysconfig
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ._dataset import (
+    _read_manifest,
+    frame_from_layer_stats,
+    task_done,
+    task_key,
+    write_architectures,
+    write_task,
+)
+
+SUITE = "mini"
+BOS = 256  # byte values are 0..255
+VOCAB = 257
+_STATE_DIR = ".mini_state"
+_SKIP_PARTS = {"site-packages", "dist-packages", "test", "tests", "__pycache__", "idlelib"}
+
+
+@dataclass(frozen=True)
+class MiniArch:
+    """One mini-suite model and its training recipe."""
+
+    L: int
+    d: int
+    H: int
+    mlp_ratio: int = 4
+    steps: int = 1500
+    batch: int = 32
+    seq_len: int = 64
+    lr: float = 3e-3
+    warmup: int = 100
+    weight_decay: float = 0.01
+    n_regular: int = 15  # regular checkpoints after the early powers of two
+
+    def __post_init__(self) -> None:
+        if min(self.L, self.d, self.H, self.mlp_ratio, self.steps, self.batch) <= 0:
+            raise ValueError(f"{self}: L, d, H, mlp_ratio, steps and batch must be positive")
+        if self.d % self.H or (self.d // self.H) % 8:
+            # rotary covers a quarter of each head and needs an even number of dims
+            raise ValueError(f"{self}: d must be divisible by H with a head size divisible by 8")
+        if self.seq_len < 2:
+            raise ValueError(f"{self}: seq_len must be at least 2 (BOS + one byte)")
+
+    @property
+    def name(self) -> str:
+        return f"mini-L{self.L}-d{self.d}-H{self.H}-f{self.mlp_ratio}"
+
+    @property
+    def d_ff(self) -> int:
+        return self.mlp_ratio * self.d
+
+    def checkpoints(self) -> list[int]:
+        """Pythia-like: 0, 1, 2, 4, ... below the regular interval, then every interval."""
+        every = max(1, self.steps // max(1, self.n_regular))
+        early = [0] + [2**i for i in range(32) if 2**i < every]
+        regular = list(range(every, self.steps + 1, every))
+        return sorted(set(early + regular + [self.steps]))
+
+
+def _grid(shapes, **recipe) -> list[MiniArch]:
+    return [MiniArch(L, d, H, f, **recipe) for L, d, H, f in shapes]
+
+
+# fast: 5 models, 26 layers, ~100 s of CPU time on one core (one thread); every model has a layer
+# whose top1/median at least doubles from step 0 (measured with seed 0 on the Python 3.11 stdlib
+# corpus; another corpus changes the numbers). Sequences of 64 grew ratios faster than batch 16.
+_FAST = dict(steps=400, batch=8, seq_len=64, warmup=30, weight_decay=0.0, n_regular=8)
+# full: 16 models spanning H/d (1/64..1/16), d/L (8..64), MLP ratio 2x..8x; minutes on a GPU
+MINI_PRESETS: dict[str, list[MiniArch]] = {
+    "tiny": _grid(
+        [(2, 16, 2, 2), (3, 32, 4, 4)], steps=24, batch=4, seq_len=16, warmup=4, n_regular=3
+    ),
+    "fast": [
+        *_grid([(4, 64, 2, 4), (4, 64, 2, 2), (4, 64, 4, 2), (6, 64, 4, 2)], lr=1e-2, **_FAST),
+        *_grid([(8, 64, 4, 4)], lr=2e-2, **_FAST),  # deeper: at 1e-2 no layer doubled in 400
+    ],
+    "full": _grid(
+        [
+            (4, 64, 2, 4),
+            (4, 128, 4, 2),
+            (4, 256, 4, 4),
+            (6, 128, 2, 8),
+            (6, 128, 4, 4),
+            (6, 128, 8, 2),
+            (6, 256, 8, 4),
+            (8, 128, 4, 4),
+            (8, 128, 8, 8),
+            (8, 256, 4, 2),
+            (8, 256, 16, 4),
+            (12, 128, 4, 4),
+            (12, 192, 6, 2),
+            (12, 256, 8, 8),
+            (16, 128, 4, 4),
+            (16, 256, 8, 4),
+        ],
+        steps=4000,
+        batch=32,
+        seq_len=128,
+        lr=5e-3,
+        warmup=200,
+        weight_decay=0.0,
+        n_regular=20,
+    ),
+}
+
+
+# ----------------------------------------------------------------------------- corpus
+def load_corpus(corpus: str | os.PathLike | bytes | None = None, max_bytes: int = 4 << 20) -> bytes:
+    """The training text as bytes, deterministic for a given machine and argument.
+
+    None: the .py files under the Python standard library (sysconfig 'stdlib'), in sorted
+    relative-path order, without tests and third-party folders, up to `max_bytes`.
+    A path: that file, or every regular file under that folder in sorted order. bytes: as is.
+    Every source is cut to its first `max_bytes` bytes.
+    """
+    if isinstance(corpus, bytes):
+        data = corpus
+    elif corpus is None:
+        data = _stdlib_text(max_bytes)
+    else:
+        path = Path(corpus)
+        if path.is_file():
+            data = path.read_bytes()
+        elif path.is_dir():
+            files = sorted((p for p in path.rglob("*") if p.is_file()), key=lambda p: p.as_posix())
+            data = b"".join(p.read_bytes() for p in files)
+        else:
+            raise FileNotFoundError(f"corpus {path} is neither a file nor a folder")
+    data = data[:max_bytes]
+    if len(data) < 4096:
+        raise ValueError(
+            f"the corpus has {len(data)} bytes; the mini-suite needs at least 4096 "
+            "(pass a larger text file, or corpus=None for the Python standard library)"
+        )
+    return data
+
+
+def _stdlib_text(max_bytes: int) -> bytes:
+    """Standard-library .py files, walked in sorted order, until max_bytes are read."""
+    base = sysconfig.get_paths()["stdlib"]
+    chunks, total = [], 0
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_PARTS)
+        for name in sorted(f for f in filenames if f.endswith(".py")):
+            chunks.append(Path(dirpath, name).read_bytes())
+            total += len(chunks[-1])
+            if total >= max_bytes:
+                return b"".join(chunks)
+    return b"".join(chunks)
+
+
+def split_corpus(data: bytes) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, held-out) byte tensors: the last 10% is held out for the probe set."""
+    tokens = torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy())
+    split = int(len(tokens) * 0.9)
+    return tokens[:split], tokens[split:]
+
+
+def probe_set(held: torch.Tensor, *, seed: int, n_probe: int, seq_len: int) -> torch.Tensor:
+    """The fixed probe batch [n_probe, seq_len]: BOS + held-out bytes at seeded offsets."""
+    if len(held) <= seq_len:
+        raise ValueError(f"the held-out corpus ({len(held)} bytes) is too short for {seq_len}")
+    gen = torch.Generator().manual_seed(_int_seed("probe", seed, n_probe, seq_len))
+    offsets = torch.randint(0, len(held) - seq_len, (n_probe,), generator=gen)
+    return _sample(held, offsets, seq_len)
+
+
+def _sample(
+    data: torch.Tensor, offsets: torch.Tensor, seq_len: int
+) -> torch.Tensor:  # -> [n, seq_len]
+    idx = offsets[:, None] + torch.arange(seq_len - 1)
+    body = data[idx].long()
+    return torch.cat([torch.full((len(offsets), 1), BOS, dtype=torch.long), body], dim=1)
+
+
+def _int_seed(*parts: object) -> int:
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:7], "little")
+
+
+def _sha256_tensor(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """sha256 over the state dict (names and raw bytes, in sorted name order)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- one model
+def build_model(arch: MiniArch, seed: int = 0):
+    """A randomly initialised GPTNeoXForCausalLM for `arch` (deterministic for seed, name)."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    config = GPTNeoXConfig(
+        vocab_size=VOCAB,
+        hidden_size=arch.d,
+        num_hidden_layers=arch.L,
+        num_attention_heads=arch.H,
+        intermediate_size=arch.d_ff,
+        max_position_embeddings=arch.seq_len,
+        rotary_pct=0.25,
+        rotary_emb_base=10000,
+        use_parallel_residual=True,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        tie_word_embeddings=False,
+        bos_token_id=BOS,
+        eos_token_id=BOS,
+        use_cache=False,
+    )
+    torch.manual_seed(_int_seed("init", seed, arch.name))
+    return GPTNeoXForCausalLM(config)
+
+
+def _lr_lambda(arch: MiniArch):
+    def f(step: int) -> float:
+        if step < arch.warmup:
+            return (step + 1) / arch.warmup
+        frac = (step - arch.warmup) / max(1, arch.steps - arch.warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+
+    return f
+
+
+def _save_state(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _arch_row(arch: MiniArch, n_params: int, extra: dict) -> dict:
+    return {
+        "suite": SUITE,
+        "model": arch.name,
+        "L": arch.L,
+        "d": arch.d,
+        "H": arch.H,
+        "d_ff": arch.d_ff,
+        "rotary_pct": 0.25,
+        "rotary_base": 10000.0,
+        "n_params": n_params,
+        "max_step": arch.steps,
+        "mlp_ratio": float(arch.mlp_ratio),
+        "vocab_size": VOCAB,
+        "parallel_residual": True,
+        "seq_len": arch.seq_len,
+        "batch": arch.batch,
+        "lr": arch.lr,
+        **extra,
+    }
+
+
+def _check_compatible(out: Path, arch: MiniArch, prov: dict) -> None:
+    """Refuse to mix tasks of a different seed, corpus or recipe under one model name."""
+    tasks = _read_manifest(out)["tasks"]
+    for step in arch.checkpoints():
+        entry = tasks.get(task_key(arch.name, step))
+        if entry is None:
+            continue
+        old = entry.get("provenance", {})
+        for key in ("seed", "corpus_sha256", "recipe_sha256", "input_sha256"):
+            if key in old and old[key] != prov[key]:
+                raise ValueError(
+                    f"{out} already holds {arch.name} step {step} made with a different {key} "
+                    f"({old[key]} != {prov[key]}): use a new output folder or the same settings"
+                )
+        return
+
+
+def _train_one(
+    arch: MiniArch,
+    out: Path,
+    *,
+    seed: int,
+    train: torch.Tensor,
+    probe: torch.Tensor,
+    corpus_sha: str,
+    device: torch.device,
+    advance,
+) -> None:
+    checkpoints = arch.checkpoints()
+    recipe_sha = hashlib.sha256(repr(sorted(asdict(arch).items())).encode()).hexdigest()
+    prov_base = {
+        "source": "mini",
+        "input_sha256": _sha256_tensor(probe),
+        "seed": int(seed),
+        "corpus_sha256": corpus_sha,
+        "recipe_sha256": recipe_sha,
+    }
+    _check_compatible(out, arch, prov_base)
+    state_path = out / _STATE_DIR / f"{arch.name}.pt"
+    for stale in state_path.parent.glob(f".{state_path.name}.*"):  # left by a kill mid-save
+        stale.unlink(missing_ok=True)
+    model = build_model(arch, seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    write_architectures(
+        out,
+        pd.DataFrame([_arch_row(arch, n_params, {"seed": seed, "corpus_sha256": corpus_sha})]),
+    )
+    if all(task_done(out, arch.name, s) for s in checkpoints):
+        state_path.unlink(missing_ok=True)
+        advance(arch.steps)
+        return
+    model.to(device)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=arch.lr, betas=(0.9, 0.95), weight_decay=arch.weight_decay
+    )
+    start = 0
+    if state_path.exists():
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        if state.get("recipe_sha256") == recipe_sha and state.get("seed") == seed:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optim"])
+            start = int(state["step"])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(arch), last_epoch=start - 1)
+    if start:
+        advance(start)
+    gen = torch.Generator()
+    probe_dev = probe.to(device)
+    n_train = len(train) - arch.seq_len
+    backend = "auto" if device.type == "cuda" else "torch"
+    from ._probe import collect_layer_stats
+
+    for step in range(start, arch.steps + 1):
+        if step in checkpoints:
+            if not task_done(out, arch.name, step):
+                model.eval()
+                with torch.no_grad(), collect_layer_stats(model, k=3, backend=backend) as col:
+                    model(input_ids=probe_dev)
+                df = frame_from_layer_stats(col.passes[0], suite=SUITE, model=arch.name, step=step)
+                prov = {**prov_base, "revision": f"step{step}", "weights_sha256": ""}
+                prov["weights_sha256"] = weights_sha256(model)
+                write_task(out, df, prov)
+                model.train()
+            if step < arch.steps:
+                state = {"step": step, "model": model.state_dict(), "optim": opt.state_dict()}
+                _save_state(state_path, {**state, "recipe_sha256": recipe_sha, "seed": seed})
+        if step == arch.steps:
+            break
+        gen.manual_seed(_int_seed("batch", seed, step))
+        offsets = torch.randint(0, n_train, (arch.batch,), generator=gen)
+        batch = _sample(train, offsets, arch.seq_len).to(device)
+        loss = model(input_ids=batch, labels=batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        advance(1)
+    state_path.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- the sweep
+def train_mini_suite(
+    out: str | os.PathLike,
+    preset: str | Sequence[MiniArch] = "fast",
+    *,
+    seed: int = 0,
+    corpus: str | os.PathLike | bytes | None = None,
+    device: str | torch.device | None = None,
+    progress: bool | None = None,
+    n_probe: int = 8,
+    threads: int | None = None,
+) -> Path:
+    """Train the mini-suite `preset` and write its trajectories to the dataset at `out`.
+
+    preset: "tiny" (seconds, for tests), "fast" (~2 minutes on a 2-core CPU), "full"
+    (16 models, minutes on a GPU), or a list of MiniArch. corpus: None for the Python
+    standard library source, a text file or folder, or bytes. device: default CUDA when
+    available, else CPU. progress: rich progress bar; None = only when stderr is a terminal.
+    n_probe: sequences in the fixed probe set. threads: torch CPU threads while training
+    (restored afterwards). None = 1 on the CPU: these models are too small to gain from more,
+    a shared machine slows multi-threaded runs down badly, and one thread gives the same
+    numbers on every machine; on a GPU None keeps the current setting. Finished tasks in `out`
+    are skipped (resume); bitwise-identical resumption needs the same device and threads.
+    """
+    if isinstance(preset, str):
+        if preset not in MINI_PRESETS:
+            raise ValueError(f"unknown preset {preset!r}: use one of {sorted(MINI_PRESETS)}")
+        archs = MINI_PRESETS[preset]
+    else:
+        archs = list(preset)
+        if not archs or not all(isinstance(a, MiniArch) for a in archs):
+            raise TypeError("preset must be a preset name or a non-empty list of MiniArch")
+    names = [a.name for a in archs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two architectures share a name: {names}")
+    if n_probe < 1:
+        raise ValueError(f"n_probe must be >= 1, got {n_probe}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    data = load_corpus(corpus)
+    corpus_sha = hashlib.sha256(data).hexdigest()
+    train, held = split_corpus(data)
+    probes = [probe_set(held, seed=seed, n_probe=n_probe, seq_len=a.seq_len) for a in archs]
+
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    old_threads = torch.get_num_threads()
+    if threads is None and device.type == "cpu":
+        threads = 1
+    show = sys.stderr.isatty() if progress is None else bool(progress)
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        _run(archs, out, seed, train, probes, corpus_sha, device, show)
+    finally:
+        torch.set_num_threads(old_threads)
+    return out
+
+
+def _run(archs, out, seed, train, probes, corpus_sha, device, show) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    columns = ["{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, disable=not show, transient=False) as bar:
+        task = bar.add_task("mini-suite", total=sum(a.steps for a in archs))
+        for arch, probe in zip(archs, probes):
+            bar.update(task, description=f"mini-suite {arch.name}")
+            _train_one(
+                arch,
+                out,
+                seed=seed,
+                train=train,
+                probe=probe,
+                corpus_sha=corpus_sha,
+                device=device,
+                advance=lambda n: bar.advance(task, n),
+            )
+
+
+__all__ = [
+    "MINI_PRESETS",
+    "MiniArch",
+    "build_model",
+    "load_corpus",
+    "probe_set",
+    "split_corpus",
+    "train_mini_suite",
+]
