@@ -1,0 +1,156 @@
+"""Batched JAX fits vs the paper's scipy loop (massact._fit_reference), in the same run.
+
+pytest bench/test_bench_fit.py            (pytest-benchmark; ratios in extra_info)
+python bench/test_bench_fit.py [--quick]  (markdown table for bench/RESULTS.md)
+
+Sets: curves drawn from Eq. 9 with 2% noise on Pythia-like steps, half "early peak", half
+"log increase" (massact._fit_reference.synthetic_curves). Speed: 188 curves of 26-55 points
+(the paper's size) and 20,000 curves (scipy timed on a subset and scaled). Quality: fraction
+of curves with SSE <= scipy SSE (1 + 1e-6) + 1e-12 SST, and mean R^2 of both.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from massact._fit import fit_trajectories
+from massact._fit_reference import reference_fit_batch, synthetic_curves
+
+SCIPY_SUBSET = 100  # scipy curves timed for the 20,000-curve ratio
+
+
+def _quality(fit, ref) -> dict:
+    bound = ref["sse"] * (1 + 1e-6) + 1e-12 * ref["sst"]
+    fin = np.isfinite(ref["sse"])
+    return {
+        "frac_sse_le_scipy": float(np.mean(fit.sse[fin] <= bound[fin])),
+        "mean_r2_ours": float(np.nanmean(fit.r2)),
+        "mean_r2_scipy": float(np.nanmean(1 - ref["sse"] / ref["sst"])),
+        "scipy_not_converged": int(np.sum(~ref["ok"])),
+        "ours_not_ok": int(np.sum(~fit.ok())),
+    }
+
+
+def measure(n_curves: int, *, seed: int = 1, scipy_subset: int | None = None, repeat: int = 3):
+    """Time scipy (all curves, or a subset scaled up) and ours (warm, best of `repeat`)."""
+    d = synthetic_curves(n_curves, seed=seed)
+    sub = slice(None) if scipy_subset is None else slice(0, scipy_subset)
+    t0 = time.perf_counter()
+    ref = reference_fit_batch(d["t"][sub], d["y"][sub], d["mask"][sub])
+    t_scipy = (time.perf_counter() - t0) * n_curves / len(ref["sse"])
+    first = fit_trajectories(d["t"], d["y"], d["mask"])
+    runs = [first.run_seconds]
+    for _ in range(repeat - 1):
+        runs.append(fit_trajectories(d["t"], d["y"], d["mask"]).run_seconds)
+    fit = first
+    sub_fit = _Sub(fit, sub)
+    out = {
+        "curves": n_curves,
+        "scipy_s": t_scipy,
+        "scipy_ms_per_curve": 1e3 * t_scipy / n_curves,
+        "ours_s": min(runs),
+        "compile_s": first.compile_seconds,
+        "speedup": t_scipy / min(runs),
+        "fits_per_s": n_curves / min(runs),
+    }
+    out.update(_quality(sub_fit, ref))
+    return out
+
+
+class _Sub:
+    """The rows of a FitResult that scipy also fitted."""
+
+    def __init__(self, fit, sub):
+        self.sse, self.r2, self._ok = fit.sse[sub], fit.r2[sub], fit.ok()[sub]
+
+    def ok(self):
+        return self._ok
+
+
+def _load() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+# ---------------------------------------------------------------- pytest-benchmark
+
+
+def _record(benchmark, res):
+    benchmark.extra_info.update({k: v for k, v in res.items()})
+    benchmark.extra_info["load_avg"] = _load()
+
+
+def test_fit_188_curves(benchmark):
+    d = synthetic_curves(188, seed=1)
+    res = measure(188, repeat=1)
+    _record(benchmark, res)
+    benchmark.pedantic(fit_trajectories, (d["t"], d["y"], d["mask"]), rounds=3, iterations=1)
+    benchmark.extra_info["speedup_benchmark_median"] = res["scipy_s"] / benchmark.stats["median"]
+    assert res["frac_sse_le_scipy"] == 1.0
+
+
+def test_fit_20000_curves(benchmark):
+    d = synthetic_curves(20000, seed=2)
+    res = measure(20000, seed=2, scipy_subset=SCIPY_SUBSET, repeat=1)
+    _record(benchmark, res)
+    benchmark.pedantic(fit_trajectories, (d["t"], d["y"], d["mask"]), rounds=1, iterations=1)
+    assert res["frac_sse_le_scipy"] == 1.0
+
+
+def _has_gpu() -> bool:
+    try:
+        import jax
+
+        return bool(jax.devices("gpu"))
+    except RuntimeError:
+        return False
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _has_gpu(), reason="no GPU visible to JAX")
+@pytest.mark.parametrize("n_curves", [10_000, 100_000, 1_000_000])
+def test_fit_gpu_fits_per_second(benchmark, n_curves):
+    d = synthetic_curves(min(n_curves, 20_000), seed=3)
+    reps = -(-n_curves // d["y"].shape[0])
+    t, y, m = (np.tile(d[k], (reps, 1))[:n_curves] for k in ("t", "y", "mask"))
+    first = fit_trajectories(t, y, m, chunk_size=131072)
+    fit = benchmark.pedantic(
+        fit_trajectories, (t, y, m), {"chunk_size": 131072}, rounds=2, iterations=1
+    )
+    benchmark.extra_info.update(
+        fits_per_s=n_curves / fit.run_seconds, compile_s=first.compile_seconds
+    )
+
+
+# ---------------------------------------------------------------- script mode
+
+
+def main(argv: list[str]) -> None:
+    quick = "--quick" in argv
+    rows = [
+        measure(188, repeat=3),
+        measure(2000 if quick else 20000, seed=2, scipy_subset=SCIPY_SUBSET, repeat=1),
+    ]  # noqa: E501
+    print(f"device: CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores); "
+          f"load avg {_load()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")  # fmt: skip
+    keys = list(rows[0])
+    print("| " + " | ".join(keys) + " |")
+    print("|" + "---|" * len(keys))
+    for r in rows:
+        print(
+            "| "
+            + " | ".join(f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for k in keys)
+            + " |"
+        )  # noqa: E501
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
