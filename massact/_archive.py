@@ -15,50 +15,19 @@ import hashlib
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ._dataset import add_note, task_done, write_architectures, write_task
+from ._dataset_io import add_note, task_done, write_architectures, write_task
+from ._pythia_archs import FINAL_STEP as FINAL_STEP
+from ._pythia_archs import PYTHIA_ARCHS as PYTHIA_ARCHITECTURES
+from ._pythia_archs import PythiaArch as PythiaArch
 
 SUITE = "pythia"
 _FILE = re.compile(r"^exp2_pythia_(?P<size>\d+(?:\.\d+)?[mb])_step(?P<step>\d+)(?:\.\w+)?$")
 _MAX_BYTES = 64 << 20  # a [10][4][36] literal is ~50 kB; refuse anything absurdly large
-
-
-@dataclass(frozen=True)
-class PythiaArch:
-    L: int
-    d: int
-    H: int
-    vocab_size: int = 50304
-
-    @property
-    def n_params(self) -> int:
-        """Exact GPTNeoX count: untied in/out embeddings, biased linears, two LNs per layer."""
-        d = self.d
-        per_layer = 12 * d * d + 13 * d  # qkv+dense (4d^2+4d), mlp (8d^2+5d), 2 LNs (4d)
-        return 2 * self.vocab_size * d + self.L * per_layer + 2 * d
-
-
-# size -> architecture (d_ff = 4d, rotary_pct 0.25, rotary base 10000, parallel residual)
-PYTHIA_ARCHITECTURES: dict[str, PythiaArch] = {
-    "14m": PythiaArch(6, 128, 4),
-    "31m": PythiaArch(6, 256, 8),
-    "70m": PythiaArch(6, 512, 8),
-    "160m": PythiaArch(12, 768, 12),
-    "410m": PythiaArch(24, 1024, 16),
-    "1b": PythiaArch(16, 2048, 8),
-    "1.4b": PythiaArch(24, 2048, 16),
-    "2.8b": PythiaArch(32, 2560, 32),
-    "6.9b": PythiaArch(32, 4096, 32, vocab_size=50432),
-    "12b": PythiaArch(36, 5120, 40, vocab_size=50688),
-}
-
-
-FINAL_STEP = 143000  # every Pythia model trained for 143000 steps (step143000 = main)
 
 
 def pythia_architecture_rows(sizes: Sequence[str], max_step: int = FINAL_STEP) -> pd.DataFrame:
@@ -73,13 +42,13 @@ def pythia_architecture_rows(sizes: Sequence[str], max_step: int = FINAL_STEP) -
                 "L": a.L,
                 "d": a.d,
                 "H": a.H,
-                "d_ff": 4 * a.d,
-                "rotary_pct": 0.25,
-                "rotary_base": 10000.0,
+                "d_ff": a.d_ff,
+                "rotary_pct": a.rotary_pct,
+                "rotary_base": a.rotary_base,
                 "n_params": a.n_params,
                 "max_step": int(max_step),
                 "vocab_size": a.vocab_size,
-                "parallel_residual": True,
+                "parallel_residual": a.parallel_residual,
             }
         )
     return pd.DataFrame(rows)

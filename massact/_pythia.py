@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ._dataset import (
+from ._dataset_io import (
     _read_manifest,
     frame_from_layer_stats,
     task_done,
@@ -42,6 +42,11 @@ from ._dataset import (
     write_task,
 )
 from ._probe import collect_layer_stats
+from ._pythia_archs import FINAL_STEP as FINAL_STEP
+from ._pythia_archs import PAPER_MODELS as PAPER_MODELS
+from ._pythia_archs import PYTHIA_ARCHS as PYTHIA_ARCHS
+from ._pythia_archs import PYTHIA_STEPS as PYTHIA_STEPS
+from ._pythia_archs import PythiaArch as PythiaArch
 from ._pythia_checkpoints import HUB_ORG as HUB_ORG
 from ._pythia_checkpoints import Checkpoint as Checkpoint
 from ._pythia_checkpoints import _dtype_for, _file_hashes, _tokenizer
@@ -55,42 +60,6 @@ from ._pythia_inputs import make_inputs as make_inputs
 log = logging.getLogger("massact.pythia")
 
 SUITE = "pythia"
-FINAL_STEP = 143000
-# 0, 1, 2, 4, ..., 512, then every 1000 steps: the 154 checkpoints of every Pythia model
-PYTHIA_STEPS: tuple[int, ...] = (0, *(2**i for i in range(10)), *range(1000, FINAL_STEP + 1, 1000))
-
-
-@dataclass(frozen=True)
-class PythiaArch:
-    """Pythia architecture: d_ff = 4d, rotary on 25% of head dims (base 10000), parallel
-    residual attention + MLP."""
-
-    L: int
-    d: int
-    H: int
-    d_ff: int
-    rotary_pct: float = 0.25
-    rotary_base: float = 10000.0
-    parallel_residual: bool = True
-
-
-PYTHIA_ARCHS: dict[str, PythiaArch] = {
-    size: PythiaArch(L, d, H, 4 * d)
-    for size, (L, d, H) in {
-        "14m": (6, 128, 4),
-        "31m": (6, 256, 8),
-        "70m": (6, 512, 8),
-        "160m": (12, 768, 12),
-        "410m": (24, 1024, 16),
-        "1b": (16, 2048, 8),
-        "1.4b": (24, 2048, 16),
-        "2.8b": (32, 2560, 32),
-        "6.9b": (32, 4096, 32),
-        "12b": (36, 5120, 40),
-    }.items()
-}
-# The paper's nine models (188 decoder layers): every size but 31m.
-PAPER_MODELS: tuple[str, ...] = tuple(s for s in PYTHIA_ARCHS if s != "31m")
 
 
 def paper_steps(model: str | int | None = None, n: int = 37) -> list[int]:
