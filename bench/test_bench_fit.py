@@ -1,7 +1,7 @@
 """Batched JAX fits vs the paper's scipy loop (massact._fit_reference), in the same run.
 
 pytest bench/test_bench_fit.py            (pytest-benchmark; ratios in extra_info)
-python bench/test_bench_fit.py [--quick]  (markdown table for bench/RESULTS.md)
+python bench/test_bench_fit.py [--quick] [--real DATASET_ROOT]  (markdown table)
 
 Sets: curves drawn from Eq. 9 with 2% noise on Pythia-like steps, half "early peak", half
 "log increase" (massact._fit_reference.synthetic_curves). Speed: 188 curves of 26-55 points
@@ -35,6 +35,30 @@ def _quality(fit, ref) -> dict:
         "scipy_not_converged": int(np.sum(~ref["ok"])),
         "ours_not_ok": int(np.sum(~fit.ok())),
     }
+
+
+def measure_real(root, *, repeat: int = 3) -> dict:
+    """The same figures on a real dataset's trajectories (e.g. the mini-suite's "fast" preset)."""
+    from massact import load_dataset, load_trajectories
+
+    tr = load_trajectories(load_dataset(root))
+    t0 = time.perf_counter()
+    ref = reference_fit_batch(tr.t, tr.y, tr.mask)
+    t_scipy = time.perf_counter() - t0
+    first = fit_trajectories(tr.t, tr.y, tr.mask)
+    runs = [fit_trajectories(tr.t, tr.y, tr.mask).run_seconds for _ in range(repeat)]
+    out = {
+        "curves": tr.y.shape[0],
+        "scipy_s": t_scipy,
+        "scipy_ms_per_curve": 1e3 * t_scipy / tr.y.shape[0],
+        "ours_s": min(runs),
+        "compile_s": first.compile_seconds,
+        "speedup": t_scipy / min(runs),
+        "fits_per_s": tr.y.shape[0] / min(runs),
+    }
+    out.update(_quality(first, ref))
+    out["degenerate_params"] = int(np.sum(first.degenerate))
+    return out
 
 
 def measure(n_curves: int, *, seed: int = 1, scipy_subset: int | None = None, repeat: int = 3):
@@ -139,15 +163,19 @@ def main(argv: list[str]) -> None:
         measure(188, repeat=3),
         measure(2000 if quick else 20000, seed=2, scipy_subset=SCIPY_SUBSET, repeat=1),
     ]  # noqa: E501
+    if "--real" in argv:
+        rows.append(measure_real(argv[argv.index("--real") + 1]))
     print(f"device: CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores); "
           f"load avg {_load()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")  # fmt: skip
-    keys = list(rows[0])
+    keys = list(rows[-1])
     print("| " + " | ".join(keys) + " |")
     print("|" + "---|" * len(keys))
     for r in rows:
         print(
             "| "
-            + " | ".join(f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for k in keys)
+            + " | ".join(
+                f"{r[k]:.4g}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys
+            )
             + " |"
         )  # noqa: E501
 

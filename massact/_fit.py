@@ -40,10 +40,12 @@ from ._curves import (
     t_peak,
 )
 
-__all__ = ["FitResult", "FitStatus", "curve", "fit_trajectories"]
+__all__ = ["DEGENERATE_LAM_T0", "FitResult", "FitStatus", "curve", "fit_trajectories"]
 
 MIN_POINTS = 6
 N_PARAMS = 5
+# |lam t0| above this: A = A1 exp(lam t0) > 5e21 A1, the original parameters are not usable
+DEGENERATE_LAM_T0 = 50.0
 _B_MIN = 1e-6  # lower bound of normalised beta during variable projection (see _basis)
 
 
@@ -334,7 +336,17 @@ def _validate(t, y, mask):
 
 @dataclass
 class FitResult:
-    """Per-curve fits of Eq. 9. Arrays have N rows (one per curve)."""
+    """Per-curve fits of Eq. 9. Arrays have N rows (one per curve).
+
+    What is well determined: the fitted curve (sse, r2, `evaluate`) and the Eq. 14 parameters
+    `reparam` (beta, tau0, A1, A2, K) with their `cov`. The original parameters `params`
+    (A, lam, gamma, t0, K) are an exact but ill-conditioned map of them: gamma = exp(A2 / A1)
+    overflows to inf on log-increase curves (beta -> 0), and A = A1 exp(beta tau0) reaches
+    1e60-1e100 when lam t0 = beta tau0 ~ 150-230 (seen on real mini-suite curves whose peak lies
+    at the first checkpoint), where A, lam and t0 trade off against each other along the data.
+    `degenerate` [N] bool flags fitted curves (converged or max-iterations) whose `params` are
+    non-finite or have |lam t0| > `DEGENERATE_LAM_T0`: use reparam (or drop the row) there.
+    """
 
     params: np.ndarray  # [N, 5] (A, lam, gamma, t0, K)
     reparam: np.ndarray  # [N, 5] (beta, tau0, A1, A2, K)
@@ -352,13 +364,14 @@ class FitResult:
     cov: np.ndarray = field(repr=False, default=None)  # [N, 5, 5] covariance of reparam
     n_points: np.ndarray = field(repr=False, default=None)  # [N] usable points
     stderr_reparam: np.ndarray = field(repr=False, default=None)  # [N, 5]
+    degenerate: np.ndarray = field(repr=False, default=None)  # [N] bool, see the docstring
 
     def ok(self) -> np.ndarray:
         """[N] bool: converged, or stopped at max-iterations with finite parameters.
 
         A converged log-increase curve can have beta -> 0 and gamma = exp(A2 / A1) = inf: its
-        Eq. 14 fit is fine but its Eq. 9 parameters are not usable as numbers (mask them with
-        np.isfinite(params).all(1), as the predictor does)."""
+        Eq. 14 fit is fine but its Eq. 9 parameters are not usable as numbers; use
+        ok() & ~degenerate to select rows whose `params` are usable (see the class docstring)."""
         finite = np.all(np.isfinite(self.params), axis=1)
         conv = self.status == FitStatus.CONVERGED
         return conv | ((self.status == FitStatus.MAX_ITERATIONS) & finite)
@@ -384,6 +397,7 @@ class FitResult:
             sse=self.sse, r2=self.r2, aic=self.aic, bic=self.bic, n_iter=self.n_iter,
             n_points=self.n_points, t_peak=self.t_peak, peak_observable=self.peak_observable,
             status=[FitStatus(s).name.lower() for s in self.status], ok=self.ok(),
+            degenerate=self.degenerate,
         )  # fmt: skip
         return pd.DataFrame(cols)
 
@@ -516,10 +530,13 @@ def fit_trajectories(t, y, mask=None, **options) -> FitResult:
         t_last = np.max(np.where(use, t, -np.inf), 1)
         stderr = np.sqrt(var_par)
         stderr_rep = np.sqrt(np.einsum("nii->ni", cov))
+        fitted = (status == FitStatus.CONVERGED) | (status == FitStatus.MAX_ITERATIONS)
+        lam_t0 = np.abs(params[:, 1] * params[:, 3])
+        degenerate = fitted & ~(np.all(np.isfinite(params), 1) & (lam_t0 <= DEGENERATE_LAM_T0))
     return FitResult(
         params=params, reparam=rep, sse=sse, r2=r2, aic=aic, bic=bic,
         n_iter=n_iter.astype(np.int64), status=status, t_peak=tp,
         peak_observable=(tp > 0) & (tp <= t_last), stderr=stderr,
         compile_seconds=t_compile, run_seconds=t_run, cov=cov, n_points=npts,
-        stderr_reparam=stderr_rep,
+        stderr_reparam=stderr_rep, degenerate=degenerate,
     )  # fmt: skip
