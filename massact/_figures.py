@@ -351,7 +351,7 @@ def fig_t_peak(
     The fitted layers are overlaid as points; a contour marks t_peak = last_step (peaks above
     it are not observable within training).
     """
-    ok = fit.ok()
+    ok = fit.ok() & ~fit.degenerate
     params = fit.params[ok] if ok.any() else np.empty((0, 5))
     lam_f, gam_f, t0_f = params[:, 1], params[:, 2], params[:, 3]
     if t0 is None:

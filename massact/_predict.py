@@ -11,7 +11,8 @@ predicted from the architecture alone. Choices, documented once:
   K. Then standardised. Transforms are fitted on the training part of each split; R^2, MAE and RMSE
   are in that transformed, standardised space (as the paper's R^2). No parameter is a feature of
   another.
-- Excluded: curves with ok == False or a non-finite parameter (counted in `Predictor.exclusions`).
+- Excluded: curves with ok == False, degenerate original parameters (FitResult.degenerate) or a
+  non-finite parameter (counted in `Predictor.exclusions`).
 - Splits: "random_split" = 80/20 over curves, settings chosen by 5-fold CV inside the 80 (the
   paper's). "model_split" = GroupKFold over whole models (k = min(5, n_models), needs >= 3
   models): every curve is predicted by a model that never saw its architecture, the honest
@@ -258,22 +259,34 @@ def _metrics(z_true: np.ndarray, z_pred: np.ndarray) -> dict[str, float]:
 
 
 def train_predictors(
-    keys: pd.DataFrame, params: np.ndarray, ok: np.ndarray, *, seed: int = 0, out=None
+    keys: pd.DataFrame,
+    params: np.ndarray,
+    ok: np.ndarray,
+    *,
+    degenerate: np.ndarray | None = None,
+    seed: int = 0,
+    out=None,
 ) -> Predictor:
     """Fit every model for every parameter on both splits; keep the best per parameter.
 
     keys: N rows with model, layer, L, d, H, d_ff (+ suite, rotary_pct, rotary_base, ...).
     params: [N, 5] (A, lam, gamma, t0, K); ok: [N] bool (FitResult.ok()).
+    degenerate: [N] bool (FitResult.degenerate): fitted curves whose original parameters are
+      ill-determined (A ~ 1e60+ when lam*t0 is large); excluded and counted separately.
     out: a folder; if given, the predictor (predictor.joblib + .json) and tables are written there.
     """
     params = np.asarray(params, np.float64)
     ok = np.asarray(ok, bool)
+    degenerate = np.zeros(len(params), bool) if degenerate is None else np.asarray(degenerate, bool)
     if not isinstance(keys, pd.DataFrame):
         raise TypeError(f"keys must be a pandas DataFrame, got {type(keys).__name__}")
     if params.ndim != 2 or params.shape[1] != 5:
         raise ValueError(f"params must be [N, 5] (A, lam, gamma, t0, K), got {params.shape}")
-    if len(keys) != len(params) or ok.shape != (len(params),):
-        raise ValueError(f"keys ({len(keys)}), params ({len(params)}), ok {ok.shape} disagree")
+    if len(keys) != len(params) or ok.shape != (len(params),) or degenerate.shape != ok.shape:
+        raise ValueError(
+            f"keys ({len(keys)}), params ({len(params)}), ok {ok.shape} and degenerate "
+            f"{degenerate.shape} disagree"
+        )
     if "model" not in keys.columns:
         raise ValueError("keys needs a 'model' column (to group the layers of one model)")
     keys = keys.reset_index(drop=True)
@@ -285,11 +298,13 @@ def train_predictors(
             notes.append(f"{c} is missing for some curves: not used as a feature")
     finite = np.isfinite(params).all(1)
     feat_ok = np.isfinite(feats.to_numpy()).all(1)
-    use = ok & finite & feat_ok
+    good = ok & ~degenerate
+    use = good & finite & feat_ok
     exclusions = {
         "total": int(len(params)), "fit_failed": int((~ok).sum()),
-        "non_finite_params": int((ok & ~finite).sum()),
-        "non_finite_features": int((ok & finite & ~feat_ok).sum()), "used": int(use.sum()),
+        "degenerate_params": int((ok & degenerate).sum()),
+        "non_finite_params": int((good & ~finite).sum()),
+        "non_finite_features": int((good & finite & ~feat_ok).sum()), "used": int(use.sum()),
     }  # fmt: skip
     if use.sum() < 10:
         raise ValueError(f"only {int(use.sum())} usable curves, need >= 10: {exclusions}")

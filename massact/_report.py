@@ -378,7 +378,9 @@ def write_report(
         status = pd.Series(fit.status).value_counts().sort_index()
         doc.para(
             f"{int(_figures.fitted(fit).sum())} of {len(fit.r2)} curves fitted, "
-            f"{int(fit.ok().sum())} with finite Eq. 9 parameters (used for prediction) "
+            f"{int((fit.ok() & ~fit.degenerate).sum())} with usable Eq. 9 parameters "
+            f"(used for prediction; {int(fit.degenerate.sum())} degenerate: the curve is fitted "
+            "but A, lam, gamma, t0 are ill-determined) "
             f"(status counts: {dict((int(k), int(v)) for k, v in status.items())}); "
             f"compile {fit.compile_seconds:.2f} s, run {fit.run_seconds:.2f} s."
         )

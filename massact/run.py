@@ -309,7 +309,8 @@ def run_pipeline(args: argparse.Namespace, stages: Iterable[str] = STAGES) -> di
 
         fit = timed("fit", lambda: fit_trajectories(traj.t, traj.y, traj.mask))
         fit_frame(traj, fit).to_parquet(args.out / "fits.parquet", index=False)
-        _say(f"{int(fit.ok().sum())}/{len(fit.r2)} curves with Eq. 9 parameters -> {args.out}")
+        usable = int((fit.ok() & ~fit.degenerate).sum())
+        _say(f"{usable}/{len(fit.r2)} curves with usable Eq. 9 parameters -> {args.out}")
     if {"hypotheses", "report"} & set(stages):
         try:
             from ._hypotheses import fit_hypotheses
@@ -364,17 +365,25 @@ def predict_stage(args: argparse.Namespace, traj, fit, notes: list[str]):
     """
     from ._predict import train_predictors
 
-    ok = fit.ok()
+    ok = fit.ok() & ~fit.degenerate  # curves whose (A, lam, gamma, t0, K) are usable
     if traj.keys["model"].nunique() < 2:
         notes.append("prediction stage skipped: needs at least two architectures")
         _say(notes[-1])
         return None
     if int(ok.sum()) < 10:
-        notes.append(f"prediction stage skipped: {int(ok.sum())} fitted curves (needs >= 10)")
+        notes.append(
+            f"prediction stage skipped: {int(ok.sum())} curves with usable Eq. 9 parameters "
+            "(needs >= 10)"
+        )
         _say(notes[-1])
         return None
     predictor = train_predictors(
-        traj.keys, fit.params, ok, seed=args.seed, out=args.out / "predictor"
+        traj.keys,
+        fit.params,
+        fit.ok(),
+        degenerate=fit.degenerate,
+        seed=args.seed,
+        out=args.out / "predictor",
     )
     arch = traj.keys.drop_duplicates("model").drop(columns=["layer"], errors="ignore")
     try:

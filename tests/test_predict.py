@@ -100,12 +100,23 @@ def test_shap_ranks_the_true_feature_first(pred):
 def test_failed_curves_excluded_and_counted(data, pred):
     keys, params, ok = data
     assert pred.exclusions == {
-        "total": len(keys), "fit_failed": 3, "non_finite_params": 3,
+        "total": len(keys), "fit_failed": 3, "degenerate_params": 0, "non_finite_params": 3,
         "non_finite_features": 0, "used": len(keys) - 6,
     }  # fmt: skip
     assert len(pred.X) == len(keys) - 6 and np.isfinite(pred.X.to_numpy()).all()
     # constant raw columns (rotary) are dropped, varying ones (L, d, H, d_ff) kept
     assert pred.features == DERIVED + ["L", "d", "H", "d_ff"]
+
+
+def test_degenerate_curves_excluded_and_counted(data):
+    keys, params, ok = data
+    deg = np.zeros(len(keys), bool)
+    deg[np.flatnonzero(ok & np.isfinite(params).all(1))[:4]] = True
+    pred = train_predictors(keys, params, ok, degenerate=deg, seed=0)
+    assert pred.exclusions["degenerate_params"] == 4
+    assert pred.exclusions["used"] == len(keys) - 10 == len(pred.X)
+    with pytest.raises(ValueError, match="degenerate"):
+        train_predictors(keys, params, ok, degenerate=deg[:-1])
 
 
 @pytest.mark.parametrize(
