@@ -5,7 +5,9 @@ Per curve (vmapped, float64, on normalised data t_n in [0, 1], y_n in [0, 1]):
 1. Grid over the two nonlinear parameters (beta, tau0) with the linear ones (A1, A2, K) solved
    in closed form (masked least squares, a 3x3 solve): the problem is separable.
 2. Variable projection: Levenberg-Marquardt over (beta, log tau0) only, from the best grid
-   points, with the linear part re-solved at every step (2x2 damped solve).
+   points, with the linear part re-solved at every step (2x2 damped solve), then a few damped
+   Newton steps (exact 2x2 Hessian) from the best: in flat valleys of the projected SSE
+   Gauss-Newton's J^T J overestimates the curvature by orders of magnitude and crawls.
 3. Levenberg-Marquardt polish on all five parameters (5x5 damped solve, analytic Jacobian),
    accepting only steps that lower the SSE.
 
@@ -46,6 +48,7 @@ MIN_POINTS = 6
 N_PARAMS = 5
 # |lam t0| above this: A = A1 exp(lam t0) > 5e21 A1, the original parameters are not usable
 DEGENERATE_LAM_T0 = 50.0
+_NEWTON_ITER = 6  # exact-Hessian steps after variable projection (see _fit_one)
 _B_MIN = 1e-6  # lower bound of normalised beta during variable projection (see _basis)
 
 
@@ -230,6 +233,26 @@ def _fit_one(tn, yn, w, b_grid, u_grid, *, n_starts, vp_iter, lm_iter):
     thetas, sses, _, lasts = jax.vmap(vp_run)(bu0)
     best = jnp.argmin(jnp.where(jnp.isfinite(sses), sses, jnp.inf))
     theta, last_vp = thetas[best], lasts[best]
+
+    # 2b. Newton on the projected SSE (exact Hessian) from the best: Gauss-Newton's J^T J
+    # misses the residual curvature and crawls along flat valleys near the minimum
+    def vp_sse(theta):
+        return jnp.sum(vp_res(theta) ** 2)
+
+    def newton(i, s):
+        theta, sse, mu = s
+        new = _bounded_step(
+            jax.hessian(vp_sse)(theta), jax.grad(vp_sse)(theta), mu, theta, vp_lo, vp_hi
+        )
+        sse_new = vp_sse(new)
+        ok = jnp.isfinite(sse_new) & (sse_new < sse)
+        return (
+            jnp.where(ok, new, theta),
+            jnp.where(ok, sse_new, sse),
+            jnp.where(ok, mu * 0.1, mu * 10.0),
+        )
+
+    theta = jax.lax.fori_loop(0, _NEWTON_ITER, newton, (theta, sses[best], 1e-4))[0]
     c, r = _linear(tn, yn, w, theta[0], theta[1])
     z0 = _to_z(theta[0], theta[1], c)
 
