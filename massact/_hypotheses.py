@@ -149,7 +149,7 @@ def _eq9_starts(rep, scale, tn, w):
     return np.where(bad[..., None], guess[:, None, :], starts)
 
 
-def fit_hypotheses(t, y, mask=None, *, n_iter: int = 40) -> pd.DataFrame:
+def fit_hypotheses(t, y, mask=None, *, fit=None, n_iter: int = 40) -> pd.DataFrame:
     """Fit all `HYPOTHESES` to every curve. t [n] or [N, n], y [N, n], mask [N, n] bool.
 
     Returns a tidy DataFrame, one row per (curve, hypothesis): curve, hypothesis, n_params,
@@ -158,10 +158,18 @@ def fit_hypotheses(t, y, mask=None, *, n_iter: int = 40) -> pd.DataFrame:
     module docstring: started from the Eq. 14 optimum mapped back and from the paper's guess,
     so it is never worse than that mapping evaluated through Eq. 9, and can be worse than
     "eq14" where the mapping overflows). n_iter: LM steps of the step-response fits.
+    fit: the `fit_trajectories(t, y, mask)` result when the caller already has it (the
+    pipeline does), so Eq. 14 is not fitted twice.
     """
     t, y, use = _validate(t, y, mask)
     N, n = y.shape
-    fit = fit_trajectories(t, y, mask=use)
+    if fit is None:
+        fit = fit_trajectories(t, y, mask=use)
+    elif np.shape(fit.sse) != (N,):
+        raise ValueError(
+            f"fit holds {np.size(fit.sse)} curves but y holds {N}: pass the FitResult of "
+            "fit_trajectories(t, y, mask) for these same curves"
+        )
     npts = use.sum(1)
     with np.errstate(all="ignore"):
         mean = np.sum(np.where(use, y, 0.0), 1) / npts

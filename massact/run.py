@@ -312,16 +312,10 @@ def run_pipeline(args: argparse.Namespace, stages: Iterable[str] = STAGES) -> di
         usable = int((fit.ok() & ~fit.degenerate).sum())
         _say(f"{usable}/{len(fit.r2)} curves with usable Eq. 9 parameters -> {args.out}")
     if {"hypotheses", "report"} & set(stages):
-        try:
-            from ._hypotheses import fit_hypotheses
-        except ModuleNotFoundError as exc:  # a build without the Table 5 module
-            if exc.name != "massact._hypotheses":
-                raise
-            notes.append("hypotheses stage skipped: massact._hypotheses is not installed")
-            _say(notes[-1])
-        else:
-            hyp = timed("hypotheses", lambda: fit_hypotheses(traj.t, traj.y, traj.mask))
-            hyp.to_parquet(args.out / "hypotheses.parquet", index=False)
+        from ._hypotheses import fit_hypotheses
+
+        hyp = timed("hypotheses", lambda: fit_hypotheses(traj.t, traj.y, traj.mask, fit=fit))
+        hyp.to_parquet(args.out / "hypotheses.parquet", index=False)
     if {"predict", "report"} & set(stages):
         predictor = timed("predict", lambda: predict_stage(args, traj, fit, notes))
     state.update(fit=fit, hyp=hyp, predictor=predictor)

@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import pandas as pd
 import pytest
 
 from massact import _curves
@@ -93,3 +94,12 @@ def test_degenerate_rows_are_nan(table):
     df, *_ = table
     bad = df[df["curve"].isin([8, 9])]
     assert bad["r2"].isna().all() and bad["aic"].isna().all()
+
+
+def test_reuses_a_given_fit_and_rejects_a_mismatched_one():
+    d = synthetic_curves(4, seed=11, n_range=(N_COLS, N_COLS))
+    fit = fit_trajectories(d["t"], d["y"])
+    again = fit_hypotheses(d["t"], d["y"], fit=fit)
+    pd.testing.assert_frame_equal(again, fit_hypotheses(d["t"], d["y"]))
+    with pytest.raises(ValueError, match="fit holds 3 curves but y holds 4"):
+        fit_hypotheses(d["t"], d["y"], fit=fit_trajectories(d["t"][:3], d["y"][:3]))
