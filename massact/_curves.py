@@ -87,6 +87,31 @@ def from_reparam(reparam) -> np.ndarray:
         return np.stack([A, beta / gamma, gamma, tau0 * gamma, K], axis=-1)
 
 
+def from_reparam_jacobian(reparam) -> np.ndarray:
+    """d from_reparam / d reparam: [..., 5, 5] (rows: A, lam, gamma, t0, K). With A1 = 0,
+    gamma is held at 1 as in `from_reparam`."""
+    r = np.asarray(reparam, dtype=np.float64)
+    beta, tau0, A1, A2, _ = np.moveaxis(r, -1, 0)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        flat = A1 == 0
+        a1 = np.where(flat, 1.0, A1)
+        gamma = np.where(flat, 1.0, np.exp(A2 / a1))
+        dg1 = np.where(flat, 0.0, -gamma * A2 / a1**2)  # d gamma / d A1
+        dg2 = np.where(flat, 0.0, gamma / a1)  # d gamma / d A2
+        ebt = np.exp(beta * tau0)
+        A = A1 * ebt
+        zero = np.zeros_like(beta)
+        dlam = -beta / gamma**2
+        rows = [
+            [A * tau0, A * beta, ebt, zero, zero],
+            [1.0 / gamma, zero, dlam * dg1, dlam * dg2, zero],
+            [zero, zero, dg1, dg2, zero],
+            [zero, gamma, tau0 * dg1, tau0 * dg2, zero],
+            [zero, zero, zero, zero, zero + 1.0],
+        ]
+    return np.stack([np.stack(np.broadcast_arrays(*row), -1) for row in rows], -2)
+
+
 def t_peak(params) -> np.ndarray:
     """Eq. 13: stationary point (exp(W(1/lam)) - t0) / gamma, [...]; NaN where lam <= 0."""
     p = np.asarray(params, dtype=np.float64)

@@ -24,7 +24,8 @@ import pandas as pd
 
 from . import _curves
 from ._curves import from_reparam
-from ._fit import _bounded_step, _bucket, _validate, fit_trajectories, information_criteria
+from ._fit import _bucket, _validate, fit_trajectories, information_criteria
+from ._fit_core import bounded_step
 
 HYPOTHESES = ("eq9", "eq14", "step1", "step2_under", "step2_critical", "step2_over")
 
@@ -66,7 +67,7 @@ def _lm_batch(model, tn, yn, w, starts, lo, hi, n_iter):
             def body(_, s):
                 p, sse, mu = s
                 r, j = res(p), jax.jacfwd(res)(p)
-                new = _bounded_step(j.T @ j, j.T @ r, mu, p, lo, hi)
+                new = bounded_step(j.T @ j, j.T @ r, mu, p, lo, hi)
                 sse_new = jnp.sum(res(new) ** 2)
                 ok = jnp.isfinite(sse_new) & (sse_new < sse)
                 mu = jnp.where(ok, mu * 0.3, mu * 4)
