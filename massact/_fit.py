@@ -40,11 +40,10 @@ MIN_POINTS = 6
 DEGENERATE_LAM_T0 = 50.0
 # per-curve algorithm settings (see _fit_core.fit_one); all can be overridden as options
 DEFAULT_SETTINGS = {
-    "n_starts": 6,  # grid starts (one per beta band), each run vp_iter VP iterations
-    "vp_iter": 40,
-    "n_keep": 1,  # the best n_keep of them run keep_iter more
-    "keep_iter": 0,
-    "newton_iter": 6,  # Newton steps on the projected SSE from the best
+    "n_starts": 6,  # grid starts (one per beta band), plus the paper's initial guess
+    "vp_iter": 30,  # variable-projection LM iterations from every start
+    "n_newton": 1,  # the best n_newton VP results go on with
+    "newton_iter": 12,  # Newton steps on the projected SSE
     "lm_iter": 20,  # LM polish on all five parameters
 }
 
@@ -75,6 +74,17 @@ _MESSAGES = {
 # --------------------------------------------------------------------------- host side
 
 _COMPILED: dict[tuple, object] = {}
+
+
+def _compile(lowered):
+    """XLA compile. On the CPU the legacy elemental emitters compile this many-small-fusions
+    program ~30% faster than the MLIR fusion emitters at the same run time (measured)."""
+    if jax.default_backend() != "cpu":
+        return lowered.compile()
+    try:
+        return lowered.compile(compiler_options={"xla_cpu_use_fusion_emitters": False})
+    except Exception:  # an XLA without the option: its default
+        return lowered.compile()
 
 
 def _bucket(x: int, lo: int = 8) -> int:
@@ -239,8 +249,8 @@ def fit_trajectories(t, y, mask=None, **options) -> FitResult:
     settings = {k: int(options.pop(k, v)) for k, v in DEFAULT_SETTINGS.items()}
     # CPU: small chunks stay in cache (512 measured 2.2x faster per curve than 4096)
     chunk = int(options.pop("chunk_size", 512 if jax.default_backend() == "cpu" else 65536))
-    b_grid = np.asarray(options.pop("b_grid", np.r_[B_MIN, np.geomspace(0.03, 500.0, 15)]))
-    u_grid = np.asarray(options.pop("u_grid", np.log(np.geomspace(1e-7, 30.0, 13))))
+    b_grid = np.asarray(options.pop("b_grid", np.r_[B_MIN, np.geomspace(0.03, 500.0, 23)]))
+    u_grid = np.asarray(options.pop("u_grid", np.log(np.geomspace(1e-7, 30.0, 19))))
     if options:
         raise TypeError(f"unknown options {sorted(options)}")
     N, n = y.shape
@@ -279,7 +289,7 @@ def fit_trajectories(t, y, mask=None, **options) -> FitResult:
             spec = [jax.ShapeDtypeStruct((cb, nb), jnp.float64)] * 3
             spec += [jax.ShapeDtypeStruct(b_grid.shape, jnp.float64)]
             spec += [jax.ShapeDtypeStruct(u_grid.shape, jnp.float64)]
-            fn = jitted.lower(*spec).compile()
+            fn = _compile(jitted.lower(*spec))
             _COMPILED[key] = fn
             t_compile = time.perf_counter() - t0
         t0 = time.perf_counter()

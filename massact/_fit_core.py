@@ -7,10 +7,11 @@ On normalised data (t_n, y_n in [0, 1]; weights w = 1 on usable points, 0 on pad
    factorises into a beta part and a tau0 part), so the grid costs O((n_b + n_u) n)
    transcendentals, not O(n_b n_u n).
 2. Variable projection: Levenberg-Marquardt over (beta, u) only, with (A1, A2, K) re-solved at
-   every step (Kaufman's Jacobian), from the best grid point of each beta band; the best few
-   starts go on for more iterations, then damped Newton steps (exact gradient, Hessian by central
-   differences of it) from the best: in flat valleys of the projected SSE Gauss-Newton's J^T J
-   misses the residual curvature by orders of magnitude and crawls.
+   every step (Kaufman's Jacobian), a few iterations from the best grid point of each beta band
+   and from the paper's initial guess (scipy's start), then damped Newton steps (exact
+   gradient, Hessian by central differences of it) from the best: in the flat valleys of the
+   projected SSE Gauss-Newton's J^T J misses the residual curvature by orders of magnitude and
+   crawls, where Newton converges in a few steps.
 3. Levenberg-Marquardt polish on all five parameters (analytic Jacobian).
 
 Every loop is the same damped, bounded descent (`_descend`): a step solves
@@ -82,8 +83,11 @@ def _descend(evaluate, x0, lo, hi, n_iter, *, mu0=1e-3, down=0.3, up=4.0):
     traced copy costs compile time. Returns the best x, its evaluation, the final damping, the
     last step that gained and the last accepted step's relative gain.
     """
-    dummy = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(evaluate, x0))
-    dummy = (jnp.inf,) + tuple(dummy[1:])
+    # every carry derives from x0, so under vmap it is batched from the start and the loop body
+    # is batched (traced) once instead of again for each carry found batched later
+    zero = jnp.zeros_like(x0[0])
+    dummy = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype) + zero, jax.eval_shape(evaluate, x0))
+    dummy = (zero + jnp.inf,) + tuple(dummy[1:])
 
     def body(i, s):
         x, best, cand, mu, last, rel = s
@@ -99,7 +103,7 @@ def _descend(evaluate, x0, lo, hi, n_iter, *, mu0=1e-3, down=0.3, up=4.0):
         cand = bounded_step(best[1], best[2], mu, x, lo, hi)
         return x, best, cand, mu, last, rel
 
-    s0 = (x0, dummy, x0, jnp.asarray(mu0, x0.dtype), 0, jnp.zeros((), x0.dtype))
+    s0 = (x0, dummy, x0, zero + mu0, zero.astype(jnp.int32), zero)
     x, best, _, mu, last, rel = jax.lax.fori_loop(0, n_iter + 1, body, s0)
     return x, best, mu, last, rel
 
@@ -168,31 +172,26 @@ def _vp_newton_eval(tn, yn, w, theta):
 
 
 def _grid_sse(tn, yn, w, b_grid, u_grid):
-    """Projected SSE on the (b, u) grid [n_b, n_u] from the normal equations, built by matmuls:
-    the basis columns are e_b(t) log(t + tau_u), p_b(t) and 1."""
+    """Projected SSE on the (b, u) grid [n_b, n_u] from the normal equations. The basis columns
+    e_b(t) log(t + tau_u), p_b(t) and 1 factorise into a b part and a u part, so the Gram
+    entries are small matmuls and only (2 n_b + n_u) n transcendentals are needed."""
     e = jnp.exp(-b_grid[:, None] * tn)  # [n_b, n]
     p2 = -jnp.expm1(-b_grid[:, None] * tn) / b_grid[:, None]
     lg = jnp.log(tn + jnp.exp(u_grid)[:, None])  # [n_u, n]
     we = w * e
     g11 = (we * e) @ (lg * lg).T  # [n_b, n_u]
-    g12 = (we * p2) @ lg.T
-    g13 = we @ lg.T
-    r1 = (we * yn) @ lg.T
-    ones = jnp.ones_like(g11)
-    g22, g23, r2 = ((w * p2 * p2).sum(1), (w * p2).sum(1), (w * p2 * yn).sum(1))
-    g22, g23, r2 = (x[:, None] * ones for x in (g22, g23, r2))
-    g33, r3 = jnp.sum(w) * ones, jnp.sum(w * yn) * ones
-    reg = 1e-13 * (g11 + g22 + g33) + 1e-300  # as in _linear
-    gram = jnp.stack(
-        [
-            jnp.stack([g11 + reg, g12, g13]),
-            jnp.stack([g12, g22 + reg, g23]),
-            jnp.stack([g13, g23, g33 + reg]),
-        ]
+    g12, g13, r1 = ((we * p2) @ lg.T, we @ lg.T, (we * yn) @ lg.T)
+    g22, g23, r2 = (
+        (w * p2 * p2).sum(1)[:, None],
+        (w * p2).sum(1)[:, None],
+        (w * p2 * yn).sum(1)[:, None],
     )
-    rhs = jnp.stack([r1, r2, r3])
+    g33, r3 = jnp.sum(w), jnp.sum(w * yn)
+    reg = 1e-13 * (g11 + g22 + g33) + 1e-300  # as in _linear
+    gram = [[g11 + reg, g12, g13], [g12, g22 + reg, g23], [g13, g23, g33 + reg]]
+    rhs = [r1, r2, r3]
     c = _chol_apply(_chol(gram), rhs)
-    sse = jnp.sum(w * yn * yn) - jnp.sum(c * rhs, 0)
+    sse = jnp.sum(w * yn * yn) - sum(c[i] * rhs[i] for i in range(3))
     return jnp.where(jnp.isfinite(sse), sse, jnp.inf)
 
 
@@ -204,6 +203,14 @@ def _starts(sse_grid, b_grid, u_grid, n_starts):
     band = (np.arange(b_grid.shape[0]) * n_starts) // b_grid.shape[0]
     rows = jnp.stack([jnp.argmin(jnp.where(band == k, row_sse, jnp.inf)) for k in range(n_starts)])
     return jnp.stack([b_grid[rows], u_grid[row_best[rows]]], -1)
+
+
+def _paper_start(tn, w):
+    """The paper's initial guess in (b, u): lam = 1 / std(t), gamma = 1 / range(t) = 1, t0 = 1
+    on normalised data (scipy's start; its basin is the one the bound compares against)."""
+    n = jnp.sum(w)
+    mean = jnp.sum(w * tn) / n
+    return jnp.stack([1.0 / jnp.sqrt(jnp.sum(w * (tn - mean) ** 2) / n), 0.0])
 
 
 def _z_eval(tn, yn, w, z):
@@ -219,8 +226,7 @@ def _z_eval(tn, yn, w, z):
     return jnp.sum(r * r), jtj, -jnp.stack([jnp.sum(w * x * r) for x in dm]), None
 
 
-def fit_one(tn, yn, w, b_grid, u_grid, *, n_starts, vp_iter, n_keep, keep_iter, newton_iter,
-            lm_iter):  # fmt: skip
+def fit_one(tn, yn, w, b_grid, u_grid, *, n_starts, vp_iter, n_newton, newton_iter, lm_iter):
     """Fit one normalised curve. Returns z [5] (b, u, A1, A2, K), sse, n_iter, converged and
     J^T J [5, 5] at z (for the covariance, computed on the host)."""
     vp_lo, vp_hi = jnp.array([B_MIN, U_LO]), jnp.array([1e4, U_HI])
@@ -230,22 +236,23 @@ def fit_one(tn, yn, w, b_grid, u_grid, *, n_starts, vp_iter, n_keep, keep_iter, 
     def vp(theta, n_iter):
         return _descend(lambda th: _vp_eval(tn, yn, w, th), theta, vp_lo, vp_hi, n_iter)
 
-    # 1-2. grid starts and a VP run from each; optionally the best n_keep go on
+    # 1-2. grid starts (and the paper's) and a short VP run from each
     bu0 = _starts(_grid_sse(tn, yn, w, b_grid, u_grid), b_grid, u_grid, n_starts)
+    bu0 = jnp.concatenate([bu0, _paper_start(tn, w)[None]])
     thetas, evs, _, lasts, _ = jax.vmap(lambda th: vp(th, vp_iter))(bu0)
-    sses = jnp.where(jnp.isfinite(evs[0]), evs[0], inf)
-    if keep_iter:
-        keep = jnp.argsort(sses)[:n_keep]
-        thetas, evs, _, lasts2, _ = jax.vmap(lambda th: vp(th, keep_iter))(thetas[keep])
-        sses, lasts = jnp.where(jnp.isfinite(evs[0]), evs[0], inf), lasts[keep] + lasts2
-    best = jnp.argmin(sses)
-    theta, last_vp = thetas[best], lasts[best]
+    order = jnp.argsort(jnp.where(jnp.isfinite(evs[0]), evs[0], inf))[:n_newton]
 
-    # 2b. Newton on the projected SSE from the best
-    theta, (_, _, _, c), _, _, _ = _descend(
-        lambda th: _vp_newton_eval(tn, yn, w, th), theta, vp_lo, vp_hi, newton_iter,
-        mu0=1e-4, down=0.1, up=10.0,
-    )  # fmt: skip
+    # 2b. Newton on the projected SSE from the best n_newton: it finishes what the short VP
+    # runs started (Gauss-Newton crawls in the flat valleys near many minima)
+    def newton(theta):
+        return _descend(
+            lambda th: _vp_newton_eval(tn, yn, w, th), theta, vp_lo, vp_hi, newton_iter,
+            mu0=1e-4, down=0.1, up=10.0,
+        )  # fmt: skip
+
+    thetas, (sses, _, _, cs), _, _, _ = jax.vmap(newton)(thetas[order])
+    best = jnp.argmin(jnp.where(jnp.isfinite(sses), sses, inf))
+    theta, c, last_vp = thetas[best], cs[best], lasts[order[best]]
     a2 = -c[1] / theta[0]
     z0 = jnp.stack([theta[0], theta[1], c[0], a2, c[2] - a2])
 
