@@ -160,8 +160,9 @@ def _vp_newton_eval(tn, yn, w, theta):
     """`_vp_eval` with the exact Hessian of SSE / 2 in place of J^T J, by central differences
     of the exact gradient (forward-over-reverse autodiff of the projection compiled 3x slower).
     One vmapped evaluation at theta and the four offset points."""
-    # b near its bound B_MIN: keep b - h > 0 (the basis divides by b)
-    h = _FD_STEP * jnp.array([jnp.minimum(jnp.maximum(theta[0], 1e-2), 1e4 * theta[0]), 1.0])
+    # b near its bound B_MIN: h <= b / 2 keeps b - h > 0 (the basis divides by b)
+    h_b = jnp.minimum(_FD_STEP * jnp.maximum(theta[0], 1e-2), 0.5 * theta[0])
+    h = jnp.stack([h_b, _FD_STEP])
     pts = jnp.concatenate([theta[None], theta + jnp.diag(h), theta - jnp.diag(h)])
     sse, _, g, c = jax.vmap(lambda th: _vp_eval(tn, yn, w, th))(pts)
     hess = ((g[1:3] - g[3:5]) / (2 * h[:, None])).T
@@ -191,7 +192,8 @@ def _grid_sse(tn, yn, w, b_grid, u_grid):
     gram = [[g11 + reg, g12, g13], [g12, g22 + reg, g23], [g13, g23, g33 + reg]]
     rhs = [r1, r2, r3]
     c = _chol_apply(_chol(gram), rhs)
-    sse = jnp.sum(w * yn * yn) - sum(c[i] * rhs[i] for i in range(3))
+    # |y - Phi c|^2 for the ridge solution (G + reg) c = Phi^T y
+    sse = jnp.sum(w * yn * yn) - sum(c[i] * (rhs[i] + reg * c[i]) for i in range(3))
     return jnp.where(jnp.isfinite(sse), sse, jnp.inf)
 
 
