@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import jax
@@ -96,6 +97,39 @@ def _bucket(x: int, lo: int = 8) -> int:
             if m << k >= x:
                 return m << k
         k += 1
+
+
+def _dummy_curve(n: int) -> np.ndarray:
+    """A harmless curve for rows that carry no real curve (pathological inputs, padding)."""
+    return np.linspace(0.0, 1.0, n)
+
+
+def _run_chunks(fn, cols, cb: int, nb: int, grids, workers: int) -> list[list[np.ndarray]]:
+    """The compiled fit over row chunks of cols = (tn, yn, w), each [N, n], padded to [cb, nb].
+
+    Up to `workers` chunks run at once, one XLA execution each, from a thread pool (XLA
+    releases the GIL). On the CPU one execution of this program of many small kernels leaves
+    the cores idle between kernels; two in flight were measured ~1.4x faster on 2 cores.
+    Each chunk is computed independently, so results do not depend on workers.
+    """
+    N, n = cols[0].shape
+
+    def run(start: int) -> list[np.ndarray]:
+        k = min(cb, N - start)
+        args = [np.zeros((cb, nb)) for _ in cols]
+        for dst, src in zip(args, cols):
+            dst[:k, :n] = src[start : start + k]
+        for dst in args[:2]:
+            dst[k:, :n] = _dummy_curve(n)
+        args[2][k:, :n] = 1.0
+        with jax.enable_x64(True):  # thread-local: set in the worker too
+            return [np.asarray(x)[:k] for x in fn(*args, *grids)]
+
+    starts = range(0, N, cb)
+    if workers == 1 or len(starts) == 1:
+        return [run(s) for s in starts]
+    with ThreadPoolExecutor(min(workers, len(starts))) as pool:
+        return list(pool.map(run, starts))
 
 
 def _validate(t, y, mask):
@@ -241,14 +275,21 @@ def fit_trajectories(t, y, mask=None, **options) -> FitResult:
     curve (over unmasked points); y [N, n]; mask [N, n] bool (True = real point).
 
     NaN/inf points are treated as missing. Options: the algorithm's `DEFAULT_SETTINGS`,
-    b_grid / u_grid (the start grid), chunk_size (curves per device call: 512 on the CPU,
-    65536 on an accelerator).
+    b_grid / u_grid (the start grid), chunk_size (curves per device call: 128 on the CPU,
+    65536 on an accelerator), workers (chunks in flight at once: 2 on the CPU, 1 on an
+    accelerator).
     Raises ValueError only for malformed t/y/mask; every curve gets a `FitStatus`.
     """
     t, y, use = _validate(t, y, mask)
     settings = {k: int(options.pop(k, v)) for k, v in DEFAULT_SETTINGS.items()}
-    # CPU: small chunks stay in cache (512 measured 2.2x faster per curve than 4096)
-    chunk = int(options.pop("chunk_size", 512 if jax.default_backend() == "cpu" else 65536))
+    cpu = jax.default_backend() == "cpu"
+    # CPU: small chunks stay in cache, and two in flight at once keep both cores busy
+    # (_run_chunks); 128 x 2 measured 1.3x faster per curve than 512 x 1, 512 x 1 2.2x faster
+    # than 4096 x 1
+    chunk = int(options.pop("chunk_size", 128 if cpu else 65536))
+    workers = int(options.pop("workers", 2 if cpu else 1))
+    if chunk < 1 or workers < 1:
+        raise ValueError(f"chunk_size and workers must be >= 1, got {chunk} and {workers}")
     b_grid = np.asarray(options.pop("b_grid", np.r_[B_MIN, np.geomspace(0.03, 500.0, 23)]))
     u_grid = np.asarray(options.pop("u_grid", np.log(np.geomspace(1e-7, 30.0, 19))))
     if options:
@@ -272,15 +313,16 @@ def fit_trajectories(t, y, mask=None, **options) -> FitResult:
         tn = np.where(use, (t - a[:, None]) / s[:, None], 0.0)
         yn = np.where(use, (y - lo[:, None]) / yr[:, None], 0.0)
     w = use.astype(np.float64)
-    dummy = np.linspace(0.0, 1.0, n)
-    tn[~live], yn[~live], w[~live] = dummy, dummy, 1.0
+    tn[~live], yn[~live], w[~live] = _dummy_curve(n), _dummy_curve(n), 1.0
     scale = np.stack([a, s, lo, yr], 1)
     scale[~live] = (0.0, 1.0, 0.0, 1.0)
 
-    # at least 32 rows: small batches (tests, one model's layers) share one compiled function
-    nb, cb = _bucket(n), min(_bucket(N, lo=32), _bucket(chunk))
+    # at least 32 rows: small batches (tests, one model's layers) share one compiled function;
+    # a batch smaller than workers chunks is split so that every worker gets one
+    nb = _bucket(n)
+    cb = min(_bucket(-(-N // workers), lo=32), _bucket(chunk))
     key = (nb, cb, tuple(settings.values()), b_grid.tobytes(), u_grid.tobytes())
-    outs, t_compile, t_run = [], 0.0, 0.0
+    t_compile = 0.0
     with jax.enable_x64(True):
         fn = _COMPILED.get(key)
         if fn is None:
@@ -292,19 +334,10 @@ def fit_trajectories(t, y, mask=None, **options) -> FitResult:
             fn = _compile(jitted.lower(*spec))
             _COMPILED[key] = fn
             t_compile = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for start in range(0, N, cb):
-            sl = slice(start, min(start + cb, N))
-            k = sl.stop - sl.start
-            args = [np.zeros((cb, nb)), np.zeros((cb, nb)), np.zeros((cb, nb))]
-            for dst, src in zip(args, (tn, yn, w)):
-                dst[:k, :n] = src[sl]
-            for dst in args[:2]:  # padding rows: a harmless dummy curve
-                dst[k:, :n] = dummy
-            args[2][k:, :n] = 1.0
-            res = fn(*args, b_grid.astype(np.float64), u_grid.astype(np.float64))
-            outs.append([np.asarray(x)[:k] for x in res])
-        t_run = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    grids = (b_grid.astype(np.float64), u_grid.astype(np.float64))
+    outs = _run_chunks(fn, (tn, yn, w), cb, nb, grids, workers)
+    t_run = time.perf_counter() - t0
     z, sse, n_iter, conv, jtj = (np.concatenate(x) for x in zip(*outs))
     rep, cov, var_par = _map_back(z, sse, jtj, scale, npts)
     sse = sse * scale[:, 3] ** 2

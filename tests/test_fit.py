@@ -246,6 +246,19 @@ def test_deterministic_and_mapping_round_trip(noisy):
     assert len(frame) == 32 and {"A", "lam", "gamma", "t0", "K", "r2", "status"} <= set(frame)
 
 
+def test_concurrent_chunks_give_the_same_fits(noisy):
+    """64 curves in chunks of 32: two chunks in flight at once (worker threads) or one after
+    the other give identical results, equal to the one-chunk fit of the same rows."""
+    d, fit = noisy
+    t, y, m = (np.vstack([d[k], d[k][::-1]]) for k in ("t", "y", "mask"))
+    threaded = fit_trajectories(t, y, m, chunk_size=32, workers=2)
+    serial = fit_trajectories(t, y, m, chunk_size=32, workers=1)
+    for name in ("params", "reparam", "sse", "cov", "n_iter", "status"):
+        np.testing.assert_array_equal(getattr(threaded, name), getattr(serial, name))
+        np.testing.assert_array_equal(getattr(threaded, name)[:32], getattr(fit, name))
+        np.testing.assert_array_equal(getattr(threaded, name)[32:], getattr(fit, name)[::-1])
+
+
 @pytest.mark.parametrize(
     ("t", "msg"),
     [
@@ -267,3 +280,5 @@ def test_bad_arguments_raise():
         fit_trajectories(_steps(), np.ones(N_COLS))
     with pytest.raises(TypeError, match="unknown options"):
         fit_trajectories(_steps(), np.ones((2, N_COLS)), n_start=3)
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        fit_trajectories(_steps(), np.ones((2, N_COLS)), workers=0)
