@@ -109,7 +109,7 @@ def _run_chunks(fn, cols, cb: int, nb: int, grids, workers: int) -> list[list[np
 
     Up to `workers` chunks run at once, one XLA execution each, from a thread pool (XLA
     releases the GIL). On the CPU one execution of this program of many small kernels leaves
-    the cores idle between kernels; two in flight were measured ~1.4x faster on 2 cores.
+    the cores idle between kernels; two in flight were measured 1.3x faster on 2 cores.
     Each chunk is computed independently, so results do not depend on workers.
     """
     N, n = cols[0].shape
