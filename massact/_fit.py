@@ -41,7 +41,10 @@ MIN_POINTS = 6
 DEGENERATE_LAM_T0 = 50.0
 # per-curve algorithm settings (see _fit_core.fit_one); all can be overridden as options
 DEFAULT_SETTINGS = {
-    "n_starts": 6,  # grid starts (one per beta band), plus the paper's initial guess
+    # grid starts: the best point of each of n_starts beta bands x n_u_bands log-tau0 bands,
+    # plus the paper's initial guess
+    "n_starts": 3,
+    "n_u_bands": 2,
     "vp_iter": 30,  # variable-projection LM iterations from every start
     "n_newton": 1,  # the best n_newton VP results go on with
     "newton_iter": 12,  # Newton steps on the projected SSE

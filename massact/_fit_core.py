@@ -7,8 +7,10 @@ On normalised data (t_n, y_n in [0, 1]; weights w = 1 on usable points, 0 on pad
    factorises into a beta part and a tau0 part), so the grid costs O((n_b + n_u) n)
    transcendentals, not O(n_b n_u n).
 2. Variable projection: Levenberg-Marquardt over (beta, u) only, with (A1, A2, K) re-solved at
-   every step (Kaufman's Jacobian), a few iterations from the best grid point of each beta band
-   and from the paper's initial guess (scipy's start), then damped Newton steps (exact
+   every step (Kaufman's Jacobian), a few iterations from the best grid point of each cell of
+   (beta band) x (small / large tau0) and from the paper's initial guess (scipy's start): the
+   small-tau0 half holds the narrow minima where log(t + tau0) bends sharply at the first
+   checkpoints, which the large-tau0 half's row minima hide. Then damped Newton steps (exact
    gradient, Hessian by central differences of it) from the best: in the flat valleys of the
    projected SSE Gauss-Newton's J^T J misses the residual curvature by orders of magnitude and
    crawls, where Newton converges in a few steps.
@@ -197,14 +199,21 @@ def _grid_sse(tn, yn, w, b_grid, u_grid):
     return jnp.where(jnp.isfinite(sse), sse, jnp.inf)
 
 
-def _starts(sse_grid, b_grid, u_grid, n_starts):
-    """The beta grid cut into n_starts bands, each giving its best grid point: the starts cover
-    every decay scale (neighbouring points of one basin would not). [n_starts, 2]"""
-    row_best = jnp.argmin(sse_grid, axis=1)
-    row_sse = jnp.min(sse_grid, axis=1)
-    band = (np.arange(b_grid.shape[0]) * n_starts) // b_grid.shape[0]
-    rows = jnp.stack([jnp.argmin(jnp.where(band == k, row_sse, jnp.inf)) for k in range(n_starts)])
-    return jnp.stack([b_grid[rows], u_grid[row_best[rows]]], -1)
+def _starts(sse_grid, b_grid, u_grid, n_starts, n_u_bands=1):
+    """The (beta, u) grid cut into n_starts beta bands x n_u_bands u bands, each cell giving its
+    best grid point: the starts cover every decay scale and both the small-tau0 and large-tau0
+    regimes (neighbouring points of one basin would not). [n_starts * n_u_bands, 2]"""
+    n_b, n_u = sse_grid.shape
+    out = []
+    for j in range(n_u_bands):
+        cols = slice((j * n_u) // n_u_bands, ((j + 1) * n_u) // n_u_bands)
+        sub = sse_grid[:, cols]
+        row_best = jnp.argmin(sub, axis=1) + cols.start
+        row_sse = jnp.min(sub, axis=1)
+        band = (np.arange(n_b) * n_starts) // n_b
+        rows = [jnp.argmin(jnp.where(band == k, row_sse, jnp.inf)) for k in range(n_starts)]
+        out += [jnp.stack([b_grid[r], u_grid[row_best[r]]]) for r in rows]
+    return jnp.stack(out)
 
 
 def _paper_start(tn, w):
@@ -228,7 +237,9 @@ def _z_eval(tn, yn, w, z):
     return jnp.sum(r * r), jtj, -jnp.stack([jnp.sum(w * x * r) for x in dm]), None
 
 
-def fit_one(tn, yn, w, b_grid, u_grid, *, n_starts, vp_iter, n_newton, newton_iter, lm_iter):
+def fit_one(
+    tn, yn, w, b_grid, u_grid, *, n_starts, n_u_bands, vp_iter, n_newton, newton_iter, lm_iter
+):
     """Fit one normalised curve. Returns z [5] (b, u, A1, A2, K), sse, n_iter, converged and
     J^T J [5, 5] at z (for the covariance, computed on the host)."""
     vp_lo, vp_hi = jnp.array([B_MIN, U_LO]), jnp.array([1e4, U_HI])
@@ -239,7 +250,7 @@ def fit_one(tn, yn, w, b_grid, u_grid, *, n_starts, vp_iter, n_newton, newton_it
         return _descend(lambda th: _vp_eval(tn, yn, w, th), theta, vp_lo, vp_hi, n_iter)
 
     # 1-2. grid starts (and the paper's) and a short VP run from each
-    bu0 = _starts(_grid_sse(tn, yn, w, b_grid, u_grid), b_grid, u_grid, n_starts)
+    bu0 = _starts(_grid_sse(tn, yn, w, b_grid, u_grid), b_grid, u_grid, n_starts, n_u_bands)
     bu0 = jnp.concatenate([bu0, _paper_start(tn, w)[None]])
     thetas, evs, _, lasts, _ = jax.vmap(lambda th: vp(th, vp_iter))(bu0)
     order = jnp.argsort(jnp.where(jnp.isfinite(evs[0]), evs[0], inf))[:n_newton]

@@ -128,6 +128,11 @@ def test_flat_valley_curve_reaches_scipys_sse():
         (2000, 2, 9),  # scipy's basin is reached only from the paper's initial guess
         (1000, 3, 516),  # a minimum narrow in beta, between the rows of a 16-row grid
         (1000, 6, 844),  # a long valley in log tau0 that 12 VP iterations did not cross
+        # minima narrow in beta at small tau0 (log(t + tau0) bends at the first checkpoints),
+        # hidden by the large-tau0 row minima of the grid: 10% and 0.2% above scipy's SSE
+        # until the starts took the best small-tau0 point of each beta band as well
+        (1500, 5, 1278),
+        (1500, 5, 1414),
     ],
 )
 def test_start_selection_finds_scipys_basin(n, seed, i):

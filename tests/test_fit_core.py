@@ -79,3 +79,20 @@ def test_bounded_step_holds_parameters_pushed_outward():
         # a step past a bound is projected back onto the box
         new = core.bounded_step(h, jnp.array([0.0, -5.0]), 0.0, x, lo, hi)
         np.testing.assert_allclose(new, [0.0, 1.0])
+
+
+def test_starts_take_the_best_point_of_every_band_cell():
+    """n_starts beta bands x n_u_bands u bands: one start per cell, at the cell's minimum
+    (checked against a plain loop over the cells)."""
+    rng = np.random.default_rng(0)
+    sse = rng.random((12, 10))
+    b_grid, u_grid = np.geomspace(1e-3, 1e2, 12), np.linspace(-16.0, 3.0, 10)
+    with jax.enable_x64(True):
+        got = np.asarray(core._starts(jnp.asarray(sse), b_grid, u_grid, 3, 2))
+    want = []
+    for j in range(2):
+        for k in range(3):
+            cell = sse[4 * k : 4 * k + 4, 5 * j : 5 * j + 5]
+            r, c = np.unravel_index(np.argmin(cell), cell.shape)
+            want.append([b_grid[4 * k + r], u_grid[5 * j + c]])
+    np.testing.assert_array_equal(got, want)
