@@ -204,13 +204,13 @@ def _starts(sse_grid, b_grid, u_grid, n_starts, n_u_bands=1):
     best grid point: the starts cover every decay scale and both the small-tau0 and large-tau0
     regimes (neighbouring points of one basin would not). [n_starts * n_u_bands, 2]"""
     n_b, n_u = sse_grid.shape
+    band = (np.arange(n_b) * n_starts) // n_b
     out = []
     for j in range(n_u_bands):
         cols = slice((j * n_u) // n_u_bands, ((j + 1) * n_u) // n_u_bands)
         sub = sse_grid[:, cols]
         row_best = jnp.argmin(sub, axis=1) + cols.start
         row_sse = jnp.min(sub, axis=1)
-        band = (np.arange(n_b) * n_starts) // n_b
         rows = [jnp.argmin(jnp.where(band == k, row_sse, jnp.inf)) for k in range(n_starts)]
         out += [jnp.stack([b_grid[r], u_grid[row_best[r]]]) for r in rows]
     return jnp.stack(out)
