@@ -1,10 +1,10 @@
-"""Batched JAX fits vs the paper's scipy loop (massact._fit_reference), in the same run.
+"""Batched JAX fits vs the paper's scipy loop (massact.curves._scipy_recipe), in the same run.
 
 pytest bench/test_bench_fit.py            (pytest-benchmark; ratios in extra_info)
 python bench/test_bench_fit.py [--quick] [--real DATASET_ROOT] [--jaxopt]  (markdown tables)
 
 Sets: curves drawn from Eq. 9 with 2% noise on Pythia-like steps, half "early peak", half
-"log increase" (massact._fit_reference.synthetic_curves). Speed: 188 curves of 26-55 points
+"log increase" (massact.curves._scipy_recipe.synthetic_curves). Speed: 188 curves of 26-55 points
 (the paper's size) and 20,000 curves (scipy timed on a subset and scaled). Quality: fraction
 of curves with SSE <= scipy SSE (1 + 1e-6) + 1e-12 SST, and mean R^2 of both.
 """
@@ -19,8 +19,8 @@ import time
 import numpy as np
 import pytest
 
-from massact._fit import fit_trajectories
-from massact._fit_reference import reference_fit_batch, synthetic_curves
+from massact.curves._fit import fit_trajectories
+from massact.curves._scipy_recipe import reference_fit_batch, synthetic_curves
 
 SCIPY_SUBSET = 100  # scipy curves timed for the 20,000-curve ratio
 # jaxopt LM settings compared: (maxiter, damping_parameter); jaxopt's default damping (1e-6)
@@ -37,8 +37,8 @@ def fit_jaxopt(t, y, mask, maxiter: int, damping: float) -> dict:
     import jax.numpy as jnp
     import jaxopt
 
-    from massact._curves import jcurve_reparam, to_reparam
-    from massact._fit_reference import normalise, paper_guess
+    from massact.curves._formulas import jcurve_reparam, to_reparam
+    from massact.curves._scipy_recipe import normalise, paper_guess
 
     N = y.shape[0]
     tn, yn = np.zeros(y.shape), np.zeros(y.shape)

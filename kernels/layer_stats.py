@@ -1,6 +1,6 @@
 """Fused Triton kernels for the layer statistics (top-k and lower median of |h|) + launchers.
 
-What is computed is defined by massact/_reference.py (the oracle); results are bit-identical.
+What is computed is defined by massact/stats/_reference.py (the oracle); results are bit-identical.
 
 All kernels work on the bit pattern of |h|: an integer view of h with the sign bit cleared is
 monotone in |h| (+0 == -0, +inf above every finite value), and mapping every NaN to the one
@@ -31,13 +31,19 @@ import torch
 import triton
 import triton.language as tl
 
-from .._stats import LayerStats
+from ..stats._result import INF_BITS, LayerStats
 
 # dtype -> bit widths of the radix levels, most significant first (sum = value bits)
 LEVELS = {torch.float32: (11, 10, 10), torch.float16: (8, 7), torch.bfloat16: (8, 7)}
-# dtype -> +inf pattern with the sign cleared; NaN becomes INF + 1
-INF_BITS = {torch.float32: 0x7F800000, torch.float16: 0x7C00, torch.bfloat16: 0x7F80}
-MAX_K = 64  # larger k: the torch path (the running top-k lives in registers)
+MAX_K = 64  # the running top-k lives in registers
+MAX_N = 2**31 - 1  # histogram counts are int32
+
+
+def supported(n: int, k: int) -> bool:
+    """Whether the kernels handle slices of n = S * d values with this k (else: the torch path)."""
+    return k <= MAX_K and n <= MAX_N
+
+
 IDX_MASK = 0xFFFFFFFF
 
 
@@ -345,10 +351,11 @@ def triton_layer_stats_many(
         raise ValueError("triton_layer_stats_many: tensors differ in device/dtype/S/d/strides")
     S, D = h.shape[-2], h.shape[-1]
     n = S * D
-    if k > MAX_K or n >= 2**31:  # register-resident top-k; int32 histogram counts
-        from .._cpu_stats import torch_layer_stats
-
-        return [torch_layer_stats(x, k) for x in hs]
+    if not supported(n, k):
+        raise ValueError(
+            f"the Triton kernels take k <= {MAX_K} and S * d <= {MAX_N}; got k={k}, "
+            f"S * d={n} (layer_stats falls back to the torch path for these)"
+        )
     dev = h.device
     programs, default_tile, warps = launch_config(dev)
     tile = tile or default_tile

@@ -77,7 +77,7 @@ _SHOWN = ["layer", "A", "lam", "gamma", "t0", "K", "t_peak", "peak_value", "peak
 
 
 def predict(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from ._predict import predict_from_config
+    from .predict import predict_from_config
 
     dims = {"L": args.L, "d": args.d, "H": args.H, "d_ff": args.d_ff}
     if args.config is not None:
@@ -96,7 +96,7 @@ def predict(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.horizon is not None and args.horizon < 1:
         parser.error("--horizon must be a positive number of steps")
     table = predict_from_config(config, _predictor_path(Path(args.predictor)), args.horizon)
-    from ._report import markdown_table
+    from .report import markdown_table
 
     shown = table[[c for c in _SHOWN if c in table.columns]]
     print(markdown_table(shown.set_index("layer"), floatfmt=".4g"))

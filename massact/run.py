@@ -147,7 +147,7 @@ def parse_models(text: str) -> list[str]:
 
 def parse_steps(spec: str, model: str) -> list[int]:
     """all | every:K | paper | comma list -> checkpoint steps of the Pythia schedule."""
-    from ._pythia import PYTHIA_STEPS, paper_steps
+    from .sources import PYTHIA_STEPS, paper_steps
 
     schedule = [int(s) for s in PYTHIA_STEPS]
     spec = spec.strip().lower()
@@ -191,7 +191,7 @@ def extract(args: argparse.Namespace) -> Path:
     """Run the source into `<out>/dataset`; finished tasks on disk are skipped."""
     root = args.out / "dataset"
     if args.source == "mini":
-        from ._mini_suite import train_mini_suite
+        from .sources import train_mini_suite
 
         corpus = None
         if args.text is not None:
@@ -209,12 +209,12 @@ def extract(args: argparse.Namespace) -> Path:
             )
         )
     if args.source == "archive":
-        from ._archive import ingest_archive
+        from .sources import ingest_archive
 
         if not Path(args.archive).exists():
             raise FileNotFoundError(f"archive {args.archive}: no such file or folder")
         return Path(ingest_archive(args.archive, root))
-    from ._pythia import sweep_pythia
+    from .sources import sweep_pythia
 
     if args.text is None:
         raise UsageError("--source pythia needs --text PATH (a text file/folder or an HF id)")
@@ -268,7 +268,7 @@ def enable_jax_cache() -> str | None:
 
 def run_pipeline(args: argparse.Namespace, stages: Iterable[str] = STAGES) -> dict[str, Any]:
     """Run the named stages in order; returns timings, paths and the stage results."""
-    from ._report import base_provenance
+    from .report import base_provenance
 
     stages = [s for s in STAGES if s in set(stages)]
     times: dict[str, float] = {}
@@ -290,7 +290,7 @@ def run_pipeline(args: argparse.Namespace, stages: Iterable[str] = STAGES) -> di
         timed("extract", lambda: extract(args))
     if not set(stages) - {"extract"}:
         return state
-    from ._dataset import load_dataset, load_trajectories
+    from .dataset import load_dataset, load_trajectories
 
     def load():
         dataset = load_dataset(_dataset_root(args))
@@ -302,8 +302,8 @@ def run_pipeline(args: argparse.Namespace, stages: Iterable[str] = STAGES) -> di
         raise ValueError(f"the dataset at {dataset.root} holds no trajectories")
     fit = hyp = predictor = None
     if {"fit", "hypotheses", "predict", "report"} & set(stages):
-        from ._fit import fit_trajectories
-        from ._report import fit_frame
+        from .curves import fit_trajectories
+        from .report import fit_frame
 
         enable_jax_cache()
 
@@ -312,7 +312,7 @@ def run_pipeline(args: argparse.Namespace, stages: Iterable[str] = STAGES) -> di
         usable = int((fit.ok() & ~fit.degenerate).sum())
         _say(f"{usable}/{len(fit.r2)} curves with usable Eq. 9 parameters -> {args.out}")
     if {"hypotheses", "report"} & set(stages):
-        from ._hypotheses import fit_hypotheses
+        from .curves import fit_hypotheses
 
         hyp = timed("hypotheses", lambda: fit_hypotheses(traj.t, traj.y, traj.mask, fit=fit))
         hyp.to_parquet(args.out / "hypotheses.parquet", index=False)
@@ -332,7 +332,7 @@ def run_pipeline(args: argparse.Namespace, stages: Iterable[str] = STAGES) -> di
             stage_seconds=times,
             stage_cpu_seconds=cpu,
         )
-        from ._report import write_report
+        from .report import write_report
 
         state["report"] = timed(
             "report",
@@ -357,7 +357,7 @@ def predict_stage(args: argparse.Namespace, traj, fit, notes: list[str]):
     Too few fitted curves or architectures is not an error of the run: the stage is skipped
     with a note in the report.
     """
-    from ._predict import train_predictors
+    from .predict import train_predictors
 
     ok = fit.ok() & ~fit.degenerate  # curves whose (A, lam, gamma, t0, K) are usable
     if traj.keys["model"].nunique() < 2:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from massact._archive import (
+from massact.dataset import load_dataset, load_trajectories
+from massact.sources._archive import (
     PYTHIA_ARCHITECTURES,
     MalformedFile,
     ingest_archive,
     parse_stats_file,
 )
-from massact._dataset import load_dataset, load_trajectories
 
 
 def _values(rng, n_seq: int, L: int) -> list:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from scipy import stats as sps
 
-from massact._dataset import (
+from massact.dataset import (
     Dataset,
     add_note,
     frame_from_layer_stats,
@@ -213,7 +213,7 @@ def test_variability_matches_hand_computation(small):
 
 
 def test_frame_from_real_layer_stats(tmp_path):
-    from massact._stats import layer_stats
+    from massact.stats._dispatch import layer_stats
 
     torch.manual_seed(0)
     hs = [torch.randn(3, 5, 8) * (i + 1) for i in range(2)]  # [batch, S, d] per layer

@@ -1,4 +1,4 @@
-"""Batched JAX fits of Eq. 9/14 against the paper's scipy recipe (massact._fit_reference).
+"""Batched JAX fits of Eq. 9/14 against the paper's scipy recipe (massact.curves._scipy_recipe).
 
 Every fit here uses chunks of <= 32 curves of <= 56 points, one shape bucket: one compilation
 for the whole file (the dominant cost on a 2-core CPU).
@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from massact import load_dataset, load_trajectories, train_mini_suite
-from massact._curves import (
+from massact.curves._fit import DEGENERATE_LAM_T0, FitStatus, fit_trajectories, information_criteria
+from massact.curves._formulas import (
     curve,
     curve_reparam,
     from_reparam,
@@ -18,8 +19,7 @@ from massact._curves import (
     t_peak,
     to_reparam,
 )
-from massact._fit import DEGENERATE_LAM_T0, FitStatus, fit_trajectories, information_criteria
-from massact._fit_reference import reference_fit_batch, synthetic_curves
+from massact.curves._scipy_recipe import reference_fit_batch, synthetic_curves
 
 N_COLS = 55  # every test pads to this many points: same bucket, same compiled function
 

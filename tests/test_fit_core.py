@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from massact import _fit_core as core
-from massact._fit_reference import normalise, synthetic_curves
+from massact.curves import _core as core
+from massact.curves._scipy_recipe import normalise, synthetic_curves
 
 
 @pytest.fixture(scope="module")

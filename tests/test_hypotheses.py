@@ -5,10 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from massact import _curves
-from massact._fit import fit_trajectories, information_criteria
-from massact._fit_reference import synthetic_curves
-from massact._hypotheses import HYPOTHESES, fit_hypotheses
+from massact.curves import _formulas as _curves
+from massact.curves._fit import fit_trajectories, information_criteria
+from massact.curves._hypotheses import HYPOTHESES, fit_hypotheses
+from massact.curves._scipy_recipe import synthetic_curves
 
 N_COLS = 55  # same shape bucket as tests/test_fit.py: the Eq. 14 fit compiles once
 T = np.linspace(0.0, 143000.0, N_COLS)

@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 import torch
 
-from massact._dataset import load_dataset, load_trajectories
-from massact._mini_suite import (
+from massact.dataset import load_dataset, load_trajectories
+from massact.sources._mini_suite import (
     MINI_PRESETS,
     MiniArch,
     build_model,
@@ -39,7 +39,7 @@ _N_TASKS = sum(len(a.checkpoints()) for a in SWEEP)
 
 _CHILD = """
 import json, sys
-from massact._mini_suite import MiniArch, train_mini_suite
+from massact.sources._mini_suite import MiniArch, train_mini_suite
 archs = [MiniArch(**a) for a in json.loads(sys.argv[2])]
 train_mini_suite(sys.argv[1], archs, corpus=open(sys.argv[3], "rb").read(), progress=False)
 """

@@ -16,7 +16,7 @@ from transformers import (
 from transformers.trainer_callback import CallbackHandler, TrainerControl, TrainerState
 
 from massact import RatioMonitor, RatioMonitorCallback, reference_layer_stats
-from massact._probe import decoder_layers
+from massact.probe._hooks import decoder_layers
 
 VOCAB, L, D = 64, 2, 32
 

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from scipy.special import lambertw
 
-from massact._predict import (
+from massact.predict._models import (
     DERIVED,
     FEATURES,
     MODELS,

@@ -19,7 +19,7 @@ from transformers import (
 )
 
 from massact import LayerStats, collect_layer_stats, stats_of, transformer_lens_hook
-from massact._probe import decoder_layers
+from massact.probe._hooks import decoder_layers
 
 VOCAB, L, D, SEQ, BATCH = 97, 3, 32, 12, 2
 

@@ -13,9 +13,9 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
 
-from massact._dataset import load_dataset, task_done
-from massact._probe import decoder_layers
-from massact._pythia import (
+from massact.dataset import load_dataset, task_done
+from massact.probe._hooks import decoder_layers
+from massact.sources._pythia import (
     PAPER_MODELS,
     PYTHIA_ARCHS,
     PYTHIA_STEPS,
@@ -257,7 +257,7 @@ def test_folder_of_jsonl_and_text_files(tmp_path):
 
 
 def test_other_sources_in_the_same_root_are_not_flagged(pythia_root, tmp_path):
-    from massact._dataset import write_task
+    from massact.dataset import write_task
 
     root, corpus = pythia_root
     out = tmp_path / "ds"

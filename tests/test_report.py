@@ -1,6 +1,6 @@
 """Report and figures on a constructed dataset whose curves are known (Eq. 9 plus noise).
 
-The dataset goes through the real writer/loader (massact._dataset) and the real fitter, so
+The dataset goes through the real writer/loader (massact.dataset._load) and the real fitter, so
 what the report shows is what the pipeline would show.
 """
 
@@ -13,8 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from massact import _dataset, _figures, _report
-from massact._curves import curve
+from massact import dataset as _dataset
+from massact.curves._formulas import curve
+from massact.report import _document as _report
+from massact.report import _figures, base_provenance
 
 STEPS = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000, 2000, 4000, 6000, 8000, 10000]
 # model -> (L, d, H, d_ff, n_params)
@@ -62,8 +64,8 @@ def build_dataset(root, seed: int = 0) -> None:
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
-    from massact._fit import fit_trajectories
-    from massact._hypotheses import fit_hypotheses
+    from massact.curves._fit import fit_trajectories
+    from massact.curves._hypotheses import fit_hypotheses
 
     out = tmp_path_factory.mktemp("report")
     build_dataset(out / "dataset")
@@ -135,7 +137,7 @@ def test_peak_table_finds_the_early_peak(pipeline):
 
 def test_write_report_without_predictor(pipeline):
     out, dataset, traj, fit, hyp = pipeline
-    prov = _report.base_provenance(seed=0, stage_seconds={"fit": 1.5, "report": 2.0})
+    prov = base_provenance(seed=0, stage_seconds={"fit": 1.5, "report": 2.0})
     md = _report.write_report(out, dataset, traj, fit, hyp, None, prov)
     text = md.read_text()
     for caption in ("Table 1.", "Table 2.", "Fig. 2", "Fig. 8"):

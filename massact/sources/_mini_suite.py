@@ -6,7 +6,7 @@ every sequence) from a corpus every machine has: the source text of the installe
 standard library (read in sorted path order), or a file/folder the user names. At a Pythia-like
 checkpoint schedule (0, powers of two, then regular steps) the per-layer statistics of a fixed
 probe set are written as one dataset task per (model, step), through the same forward hooks
-(`massact._probe.collect_layer_stats`) a real sweep uses.
+(`massact.probe._hooks.collect_layer_stats`) a real sweep uses.
 
 Determinism and resumption: weights are initialised from a seed derived from (seed, model
 name), batch b of step s is drawn from a generator seeded with (seed, s), and there is no
@@ -34,9 +34,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ._dataset import (
-    _read_manifest,
+from ..dataset import (
     frame_from_layer_stats,
+    read_manifest,
     task_done,
     task_key,
     write_architectures,
@@ -296,7 +296,7 @@ def _arch_row(arch: MiniArch, n_params: int, extra: dict) -> dict:
 
 def _check_compatible(out: Path, arch: MiniArch, prov: dict) -> None:
     """Refuse to mix tasks of a different seed, corpus or recipe under one model name."""
-    tasks = _read_manifest(out)["tasks"]
+    tasks = read_manifest(out)["tasks"]
     for step in arch.checkpoints():
         entry = tasks.get(task_key(arch.name, step))
         if entry is None:
@@ -363,7 +363,7 @@ def _train_one(
     probe_dev = probe.to(device)
     n_train = len(train) - arch.seq_len
     backend = "auto" if device.type == "cuda" else "torch"
-    from ._probe import collect_layer_stats
+    from ..probe import collect_layer_stats
 
     for step in range(start, arch.steps + 1):
         if step in checkpoints:

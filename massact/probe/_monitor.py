@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from transformers import TrainerCallback
 
-from ._probe import collect_layer_stats
+from ._hooks import collect_layer_stats
 
 
 class RatioMonitor:

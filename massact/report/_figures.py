@@ -19,9 +19,11 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from ..dataset import top_columns
+
 if TYPE_CHECKING:
-    from ._dataset import Dataset, Trajectories
-    from ._fit import FitResult
+    from ..curves import FitResult
+    from ..dataset import Dataset, Trajectories
 
 _DPI = 110
 
@@ -31,11 +33,6 @@ def _save(fig: Figure, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=_DPI, bbox_inches="tight")
     return path
-
-
-def _top_columns(stats: pd.DataFrame) -> list[str]:
-    cols = [c for c in stats.columns if c.startswith("top") and c[3:].isdigit()]
-    return sorted(cols, key=lambda c: int(c[3:]))
 
 
 def model_order(dataset: Dataset | None = None, keys: pd.DataFrame | None = None) -> list[str]:
@@ -62,7 +59,7 @@ def layer_means(stats: pd.DataFrame) -> pd.DataFrame:
 
     Ratios are averaged per sequence (Eq. 8), not formed from averaged tops.
     """
-    tops = _top_columns(stats)
+    tops = top_columns(stats.columns)
     frame = stats[["model", "step", "layer", *tops, "median"]].copy()
     for c in tops:
         frame[f"ratio{c[3:]}"] = frame[c] / frame["median"]
@@ -117,7 +114,7 @@ def fig_top_activations(
     """Fig. 3: top-k |h| and median per layer at the first (dashed) and last (solid) step."""
     means = layer_means(dataset.stats)
     models = models or pick_models(model_order(dataset))
-    tops = _top_columns(dataset.stats)[:3]
+    tops = top_columns(dataset.stats.columns)[:3]
     fig = Figure(layout="constrained", figsize=(4.2 * len(models), 3.6))
     axes = fig.subplots(1, len(models), squeeze=False)[0]
     for ax, model in zip(axes, models):

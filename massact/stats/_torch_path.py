@@ -1,4 +1,4 @@
-"""Fast torch path of the layer statistics (any device), bit-identical to massact/_reference.py.
+"""Fast torch path of the layer statistics (any device), bit-identical to the oracle `_reference`.
 
 Works on the bit pattern of |h|: clearing the sign bit of an integer view of h gives integers
 whose order is the order of |h| (+0 == -0, +inf above every finite value, NaN above +inf once
@@ -20,20 +20,14 @@ import math
 
 import torch
 
-from ._stats import LayerStats
+from ._result import BIT_PATTERNS, LayerStats
 
-# dtype -> (integer view dtype, sign-clearing mask, +inf pattern)
-_BITS = {
-    torch.float32: (torch.int32, 0x7FFFFFFF, 0x7F800000),
-    torch.float16: (torch.int16, 0x7FFF, 0x7C00),
-    torch.bfloat16: (torch.int16, 0x7FFF, 0x7F80),
-}
 _NUMPY_MIN_N = 2048  # smaller slices: one batched kthvalue beats a Python loop
 
 
 def abs_bits(h: torch.Tensor) -> torch.Tensor:
     """[..., S, d] int32 patterns of |h| in a new contiguous buffer (NaN not yet canonical)."""
-    view, mask, _ = _BITS[h.dtype]
+    view, mask, _ = BIT_PATTERNS[h.dtype]
     bits = torch.empty(h.shape, dtype=torch.int32, device=h.device)
     torch.bitwise_and(h.view(view), mask, out=bits)
     return bits
@@ -41,7 +35,7 @@ def abs_bits(h: torch.Tensor) -> torch.Tensor:
 
 def bits_to_float(bits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """int patterns of |h| -> float32 values (the canonical NaN pattern becomes NaN)."""
-    view = _BITS[dtype][0]
+    view = BIT_PATTERNS[dtype][0]
     return bits.to(view).view(dtype).to(torch.float32)
 
 
@@ -92,7 +86,7 @@ def torch_layer_stats(h: torch.Tensor, k: int) -> LayerStats:
     B = math.prod(lead)
     bits = abs_bits(h.detach()).reshape(B, S, d)
     tmax = bits.amax(dim=-1)  # [B, S]
-    inf = _BITS[h.dtype][2]
+    inf = BIT_PATTERNS[h.dtype][2]
     if bool((tmax > inf).any()):  # NaNs: one canonical pattern, so they tie like torch's
         bits.clamp_(max=inf + 1)
         tmax.clamp_(max=inf + 1)

@@ -2,7 +2,7 @@
 
 The host side: input checks, per-curve normalisation and pathological-curve statuses, shape
 buckets and the compiled-function cache, mapping results back, and `FitResult`. The per-curve
-algorithm (grid, variable projection, Newton, Levenberg-Marquardt) is in `_fit_core`.
+algorithm (grid, variable projection, Newton, Levenberg-Marquardt) is in `_core`.
 
 We write the damped Gauss-Newton steps ourselves instead of using jaxopt's LevenbergMarquardt:
 jaxopt's LM has no bounds (lam >= 0 needs an active set / projection between steps) and no
@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ._curves import (
+from ._core import B_MIN, N_PARAMS, fit_batch
+from ._formulas import (
     PARAM_NAMES,
     REPARAM_NAMES,
     curve,
@@ -32,14 +33,13 @@ from ._curves import (
     jacobian_reparam,
     t_peak,
 )
-from ._fit_core import B_MIN, N_PARAMS, fit_batch
 
 __all__ = ["DEGENERATE_LAM_T0", "FitResult", "FitStatus", "curve", "fit_trajectories"]
 
 MIN_POINTS = 6
 # |lam t0| above this: A = A1 exp(lam t0) > 5e21 A1, the original parameters are not usable
 DEGENERATE_LAM_T0 = 50.0
-# per-curve algorithm settings (see _fit_core.fit_one); all can be overridden as options
+# per-curve algorithm settings (see _core.fit_one); all can be overridden as options
 DEFAULT_SETTINGS = {
     # grid starts: the best point of each of n_starts beta bands x n_u_bands log-tau0 bands,
     # plus the paper's initial guess
@@ -91,7 +91,7 @@ def _compile(lowered):
         return lowered.compile()
 
 
-def _bucket(x: int, lo: int = 8) -> int:
+def bucket_size(x: int, lo: int = 8) -> int:
     """Smallest m * 2**k >= x with m in {4, 5, 6, 7}: at most ~25% padding, few shapes."""
     x = max(int(x), lo)
     k = max(x.bit_length() - 3, 0)
@@ -135,7 +135,8 @@ def _run_chunks(fn, cols, cb: int, nb: int, grids, workers: int) -> list[list[np
         return list(pool.map(run, starts))
 
 
-def _validate(t, y, mask):
+def validate_curves(t, y, mask):
+    """Checked float64 t, y [N, n] and the boolean mask of usable points; ValueError if bad."""
     y = np.asarray(y, dtype=np.float64)
     if y.ndim != 2:
         raise ValueError(f"y must be [N, n] (one row per curve), got shape {y.shape}")
@@ -232,7 +233,7 @@ class FitResult:
 
 
 def _eval_reparam(t, reparam, status):
-    from ._curves import curve_reparam
+    from ._formulas import curve_reparam
 
     y = curve_reparam(t, reparam)
     const = status == FitStatus.CONSTANT
@@ -283,7 +284,7 @@ def fit_trajectories(t, y, mask=None, **options) -> FitResult:
     accelerator).
     Raises ValueError only for malformed t/y/mask; every curve gets a `FitStatus`.
     """
-    t, y, use = _validate(t, y, mask)
+    t, y, use = validate_curves(t, y, mask)
     settings = {k: int(options.pop(k, v)) for k, v in DEFAULT_SETTINGS.items()}
     cpu = jax.default_backend() == "cpu"
     # CPU: small chunks stay in cache, and two in flight at once keep both cores busy
@@ -322,8 +323,8 @@ def fit_trajectories(t, y, mask=None, **options) -> FitResult:
 
     # at least 32 rows: small batches (tests, one model's layers) share one compiled function;
     # a batch smaller than workers chunks is split so that every worker gets one
-    nb = _bucket(n)
-    cb = min(_bucket(-(-N // workers), lo=32), _bucket(chunk))
+    nb = bucket_size(n)
+    cb = min(bucket_size(-(-N // workers), lo=32), bucket_size(chunk))
     key = (nb, cb, tuple(settings.values()), b_grid.tobytes(), u_grid.tobytes())
     t_compile = 0.0
     with jax.enable_x64(True):

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from ._stats import LayerStats, layer_stats
+from ..stats import LayerStats, layer_stats
 
 # Attribute paths of the decoder-layer ModuleList, tried in order: causal-LM wrappers first,
 # then the bare base models (GPTNeoXModel / LlamaModel have `.layers`, GPT2Model has `.h`).

@@ -1,11 +1,11 @@
 """Public layer statistics: `layer_stats(h, k, backend=...)` -> `LayerStats`.
 
 Three backends compute the same numbers (the definition, tie rule and NaN semantics are in
-massact/_reference.py, the oracle):
+massact/stats/_reference.py, the oracle):
 
 - "triton": fused kernels (kernels/layer_stats.py) that read h once, strided, on CUDA (or on
   CPU tensors under TRITON_INTERPRET=1, slowly: that is how the tests run them).
-- "torch": the fast torch path (massact/_cpu_stats.py), any device.
+- "torch": the fast torch path (massact/stats/_torch_path.py), any device.
 - "reference": the pure-torch oracle (a full sort), any device.
 - "auto": triton for CUDA tensors when Triton works, otherwise the torch path, quietly.
 
@@ -16,69 +16,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 
+from ._result import LayerStats, validate_input
+
 BACKENDS = ("auto", "triton", "torch", "reference")
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-@dataclass(frozen=True)
-class LayerStats:
-    """Per-slice statistics of |h| over the last two dims of h [..., S, d].
-
-    top: [..., k] float32, the k largest |h|, descending (ties: smaller flat index s*d+c first).
-    top_token: [..., k] int64, token (S) index of each.
-    top_channel: [..., k] int64, channel (d) index of each.
-    median: [...] float32, lower median of |h| over the S*d values (torch.median convention).
-    ratio: [...] float32, top[..., 0] / median (inf if median is 0, nan for an all-zero slice).
-    """
-
-    top: torch.Tensor
-    top_token: torch.Tensor
-    top_channel: torch.Tensor
-    median: torch.Tensor
-    ratio: torch.Tensor
-
-    @property
-    def k(self) -> int:
-        return self.top.shape[-1]
-
-    def to(self, device: torch.device | str) -> LayerStats:
-        return LayerStats(
-            top=self.top.to(device),
-            top_token=self.top_token.to(device),
-            top_channel=self.top_channel.to(device),
-            median=self.median.to(device),
-            ratio=self.ratio.to(device),
-        )
-
-    def cpu(self) -> LayerStats:
-        return self.to("cpu")
-
-
-def validate_input(h: torch.Tensor, k: int) -> None:
-    """Raise a clear TypeError/ValueError for input layer_stats cannot reduce."""
-    if not isinstance(h, torch.Tensor):
-        raise TypeError(f"layer_stats expects a torch.Tensor [..., S, d], got {type(h).__name__}")
-    if h.dtype not in DTYPES:
-        raise TypeError(
-            f"layer_stats needs a floating hidden state (bfloat16, float16 or float32), "
-            f"got {h.dtype}; convert it with h.float() first"
-        )
-    if h.ndim < 2:
-        raise ValueError(
-            f"layer_stats needs h with at least 2 dims [..., S, d], got shape {tuple(h.shape)}; "
-            f"use h.reshape(1, -1) for a single vector"
-        )
-    n = h.shape[-2] * h.shape[-1]
-    if n == 0:
-        raise ValueError(f"layer_stats got an empty slice: S * d = 0 for shape {tuple(h.shape)}")
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
-    if not 1 <= k <= n:
-        raise ValueError(f"k must satisfy 1 <= k <= S * d = {n}, got k={k}")
 
 
 def triton_available(device: torch.device) -> bool:
@@ -122,10 +65,11 @@ def layer_stats(h: torch.Tensor, k: int = 3, *, backend: str = "auto") -> LayerS
                 f"CUDA device (or TRITON_INTERPRET=1 for CPU tensors) and an importable triton "
                 f"package; use backend='auto' or 'torch'"
             )
-        from .kernels.layer_stats import triton_layer_stats
+        from ..kernels.layer_stats import supported, triton_layer_stats
 
-        return triton_layer_stats(h, k)
-    from ._cpu_stats import torch_layer_stats
+        if supported(h.shape[-2] * h.shape[-1], k):
+            return triton_layer_stats(h, k)
+    from ._torch_path import torch_layer_stats
 
     return torch_layer_stats(h, k)
 
@@ -151,15 +95,20 @@ def layer_stats_many(
         if h.numel() > 0 and (backend == "triton" or cuda_auto):
             if not triton_available(h.device):
                 layer_stats(h, k, backend="triton")  # raises the clear error
-            from .kernels.layer_stats import group_key
+            from ..kernels.layer_stats import group_key
 
             groups.setdefault(group_key(h), []).append(i)
         else:
             out[i] = layer_stats(h, k, backend=backend)
     if groups:
-        from .kernels.layer_stats import triton_layer_stats_many
+        from ..kernels.layer_stats import supported, triton_layer_stats_many
 
         for idx in groups.values():
+            h = hs[idx[0]]
+            if not supported(h.shape[-2] * h.shape[-1], k):  # the torch path, one by one
+                for i in idx:
+                    out[i] = layer_stats(hs[i], k, backend="torch")
+                continue
             for i, st in zip(idx, triton_layer_stats_many([hs[i].detach() for i in idx], k)):
                 out[i] = st
     return out

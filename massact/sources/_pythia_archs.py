@@ -1,6 +1,6 @@
 """The Pythia suite's architectures and checkpoint schedule: the one table every source uses.
 
-massact._pythia (checkpoint sweeps) and massact._archive (the paper's released statistics)
+massact.sources._pythia (checkpoint sweeps) and massact.sources._archive (the released statistics)
 both import from here, so sizes, parameter counts and the final step cannot drift apart.
 """
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:
-    from ._predict import Predictor
+    from ._models import Predictor
 
 
 def shap_values(pred: Predictor) -> dict:

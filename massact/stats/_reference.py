@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from ._stats import LayerStats, validate_input
+from ._result import LayerStats, validate_input
 
 
 def reference_layer_stats(h: torch.Tensor, k: int = 3) -> LayerStats:

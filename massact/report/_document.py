@@ -19,11 +19,7 @@ import base64
 import html
 import json
 import math
-import platform
-import subprocess
-import sys
 import warnings
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,27 +29,11 @@ import pandas as pd
 from . import _figures
 
 if TYPE_CHECKING:
-    from ._dataset import Dataset, Trajectories
-    from ._fit import FitResult
-    from ._predict import Predictor
+    from ..curves import FitResult
+    from ..dataset import Dataset, Trajectories
+    from ..predict import Predictor
 
 PARAMS = ("A", "lam", "gamma", "t0", "K")
-_PACKAGES = (
-    "massact",
-    "torch",
-    "triton",
-    "jax",
-    "jaxopt",
-    "transformers",
-    "numpy",
-    "scipy",
-    "pandas",
-    "pyarrow",
-    "scikit-learn",
-    "xgboost",
-    "shap",
-    "matplotlib",
-)
 
 
 # --------------------------------------------------------------------------- tables
@@ -143,7 +123,7 @@ def table1(traj: Trajectories, fit: FitResult) -> pd.DataFrame:
 
 def table2(dataset: Dataset) -> pd.DataFrame:
     """Table 2: variability of the ratio across sequences (from `variability_table`)."""
-    from ._dataset import variability_table
+    from ..dataset import variability_table
 
     frame = variability_table(dataset)
     if "model" in frame.columns:
@@ -203,64 +183,6 @@ def table3(frame: pd.DataFrame, metric: str = "r2") -> pd.DataFrame:
         wide.columns.name = None
         return wide
     return frame
-
-
-# --------------------------------------------------------------------------- provenance
-
-
-def package_versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in _PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
-
-def git_commit(path: str | Path | None = None) -> str:
-    """HEAD of the repository holding massact (plus '-dirty'), or '' when not in git."""
-    where = Path(path) if path else Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10
-        )
-        if head.returncode != 0:
-            return ""
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=where,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def device_description() -> str:
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return f"cuda: {torch.cuda.get_device_name(0)}"
-    except Exception:  # a broken torch install must not break the report
-        pass
-    return f"cpu: {platform.processor() or platform.machine()}"
-
-
-def base_provenance(**extra: Any) -> dict[str, Any]:
-    """Provenance common to every run; `extra` (seed, source, stage_seconds...) is merged in."""
-    prov = {
-        "versions": package_versions(),
-        "git_commit": git_commit(),
-        "device": device_description(),
-        "platform": platform.platform(),
-        "argv": sys.argv,
-    }
-    prov.update(extra)
-    return prov
 
 
 # --------------------------------------------------------------------------- report

@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 from scipy.optimize import OptimizeWarning, least_squares
 
-from ._curves import curve, curve_reparam, from_reparam, jacobian, jacobian_reparam, to_reparam
+from ._formulas import curve, curve_reparam, from_reparam, jacobian, jacobian_reparam, to_reparam
 
 
 def normalise(t: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple]:

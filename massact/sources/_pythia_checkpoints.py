@@ -42,7 +42,8 @@ class Checkpoint:
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _offline() -> bool:
+def hub_offline() -> bool:
+    """Whether the Hugging Face Hub is off (HF_HUB_OFFLINE): checkpoints come from the cache."""
     from huggingface_hub import constants
 
     flag = os.environ.get("HF_HUB_OFFLINE", "").strip().lower()
@@ -92,7 +93,7 @@ def _hub_folder(size: str, revision: str, cache_dir: Path | None) -> tuple[Path,
     from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 
     repo = f"{HUB_ORG}/pythia-{size}"
-    offline = _offline()
+    offline = hub_offline()
     meta = ["*.json", "*.txt", "tokenizer*"]
     folder = None
     try:
@@ -143,7 +144,8 @@ def resolve_checkpoint(
     return Checkpoint(size, step, folder, revision, commit, hashes)
 
 
-def _dtype_for(device: torch.device, dtype: torch.dtype | str | None) -> torch.dtype:
+def extraction_dtype(device: torch.device, dtype: torch.dtype | str | None) -> torch.dtype:
+    """The dtype to run a checkpoint in: `dtype` checked, or bf16/fp16 on CUDA, fp32 on CPU."""
     if dtype is None:
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -164,7 +166,7 @@ def load_model(folder: Path, dtype: torch.dtype, device: torch.device) -> torch.
     return model.to(device).eval()
 
 
-def _tokenizer(folder: Path, size: str, local_root, cache_dir) -> Any:
+def load_tokenizer(folder: Path, size: str, local_root, cache_dir) -> Any:
     """The checkpoint's tokenizer; the Hub repo's main one if the checkpoint has none."""
     from transformers import AutoTokenizer
 
@@ -177,11 +179,11 @@ def _tokenizer(folder: Path, size: str, local_root, cache_dir) -> Any:
             "there too (tokenizer.save_pretrained(folder))"
         )
     return AutoTokenizer.from_pretrained(
-        f"{HUB_ORG}/pythia-{size}", cache_dir=cache_dir, local_files_only=_offline()
+        f"{HUB_ORG}/pythia-{size}", cache_dir=cache_dir, local_files_only=hub_offline()
     )
 
 
-def _file_hashes(provenance: Mapping[str, Any]) -> set[str]:
+def task_weight_hashes(provenance: Mapping[str, Any]) -> set[str]:
     """The per-file weight hashes of a task (its combined hash if it has none; never "")."""
     try:
         files = set(json.loads(provenance.get("weight_files") or "{}").values())

@@ -1,4 +1,4 @@
-"""Writing side of the dataset format (layout and schema: massact._dataset).
+"""Writing side of the dataset format (layout and schema: massact.dataset._load).
 
 Writes are atomic (temporary file in the same folder, then `os.replace`), and the manifest is
 read-modified-written under a file lock, so a sweep killed at any point leaves only complete
@@ -48,7 +48,7 @@ ARCH_COLUMNS = [
 _ARCH_INT = ["L", "d", "H", "d_ff", "n_params", "max_step"]
 _ARCH_FLOAT = ["rotary_pct", "rotary_base"]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
-_TOP = re.compile(r"^top(\d+)$")
+TOP_COLUMN = re.compile(r"^top(\d+)$")
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -104,7 +104,8 @@ def _locked(root: Path) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def _read_manifest(root: Path) -> dict[str, Any]:
+def read_manifest(root: Path) -> dict[str, Any]:
+    """The dataset manifest at root (an empty one if none); ValueError if it is not ours."""
     path = root / "manifest.json"
     if not path.exists():
         return {"version": MANIFEST_VERSION, "tasks": {}}
@@ -137,8 +138,9 @@ def _table_bytes(cols: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-def _top_columns(columns: Sequence[str]) -> list[str]:
-    tops = sorted((int(m.group(1)), c) for c in columns if (m := _TOP.match(str(c))))
+def top_columns(columns: Sequence[str]) -> list[str]:
+    """The top1, top2, ... columns among `columns`, in rank order."""
+    tops = sorted((int(m.group(1)), c) for c in columns if (m := TOP_COLUMN.match(str(c))))
     return [c for _, c in tops]
 
 
@@ -198,7 +200,7 @@ def _normalise_stats(stats: pd.DataFrame) -> tuple[dict[str, Any], str, str, int
     if missing:
         raise ValueError(
             f"stats is missing columns {missing}; required: {KEY_COLUMNS} + top1..topk, median "
-            "(massact._dataset.frame_from_layer_stats builds them from LayerStats)"
+            "(massact.dataset._load.frame_from_layer_stats builds them from LayerStats)"
         )
     if len(stats) == 0:
         raise ValueError("stats has no rows: a task must hold at least one (layer, sample)")
@@ -226,7 +228,7 @@ def _normalise_stats(stats: pd.DataFrame) -> tuple[dict[str, Any], str, str, int
         "layer": layer,
         "sample": sample,
     }
-    for c in [*_top_columns(stats.columns), "median"]:
+    for c in [*top_columns(stats.columns), "median"]:
         cols[c] = stats[c].to_numpy(np.float64)[order]
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = cols["top1"] / cols["median"]
@@ -251,7 +253,7 @@ def _normalise_provenance(provenance: dict) -> dict[str, Any]:
     for key, value in provenance.items():
         if key in out:
             continue
-        if key in KEY_COLUMNS or _TOP.match(key) or key in ("median", "ratio"):
+        if key in KEY_COLUMNS or TOP_COLUMN.match(key) or key in ("median", "ratio"):
             raise ValueError(f"provenance key {key!r} clashes with a stats column")
         if (
             not isinstance(value, str | int | float | bool)
@@ -290,7 +292,7 @@ def write_task(root: str | os.PathLike, stats: pd.DataFrame, provenance: dict) -
         "provenance": prov,
     }
     with _locked(root):
-        manifest = _read_manifest(root)
+        manifest = read_manifest(root)
         manifest["tasks"][task_key(model, step)] = entry
         _write_manifest(root, manifest)
     return path
@@ -299,7 +301,7 @@ def write_task(root: str | os.PathLike, stats: pd.DataFrame, provenance: dict) -
 def task_done(root: str | os.PathLike, model: str, step: int) -> bool:
     """True when (model, step) is in the manifest and its file exists."""
     root = Path(root)
-    entry = _read_manifest(root)["tasks"].get(task_key(model, step))
+    entry = read_manifest(root)["tasks"].get(task_key(model, step))
     return entry is not None and (root / entry["file"]).is_file()
 
 

@@ -3,8 +3,8 @@
 For each model `EleutherAI/pythia-<size>` and checkpoint revision `step<N>`, the weights are
 fetched (Hugging Face Hub, its cache, or a local folder), hashed, loaded alone in memory, run on
 a fixed set of N token sequences, and only the per-layer statistics of each decoder layer's
-output (forward hooks, massact._probe) are written as one task file of the dataset format
-(massact._dataset). Finished tasks are skipped, so a killed sweep resumes where it stopped.
+output (forward hooks, massact.probe._hooks) are written as one task file of the dataset format
+(massact.dataset._load). Finished tasks are skipped, so a killed sweep resumes where it stopped.
 
 Provenance per task: revision, the Hub commit (the snapshot folder name; "" for local folders),
 the sha256 of the weight files, the sha256 of the input token ids, and `duplicate_of`: some Hub
@@ -13,8 +13,8 @@ any weight file of two steps is identical, every such step but the highest is fl
 `duplicate_of="step<highest>"` (the known bad branches serve the final model's weights).
 
 This module holds the schedules, the per-task probe and the sweep; the probe inputs live in
-massact._pythia_inputs and checkpoint resolution, loading and weight hashing in
-massact._pythia_checkpoints (their names are re-exported here).
+massact.sources._pythia_inputs and checkpoint resolution, loading and weight hashing in
+massact.sources._pythia_checkpoints (their names are re-exported here).
 """
 
 from __future__ import annotations
@@ -33,15 +33,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ._dataset_io import (
-    _read_manifest,
+from ..dataset import (
     frame_from_layer_stats,
+    read_manifest,
     task_done,
     task_path,
     write_architectures,
     write_task,
 )
-from ._probe import collect_layer_stats
+from ..probe import collect_layer_stats
 from ._pythia_archs import FINAL_STEP as FINAL_STEP
 from ._pythia_archs import PAPER_MODELS as PAPER_MODELS
 from ._pythia_archs import PYTHIA_ARCHS as PYTHIA_ARCHS
@@ -49,8 +49,8 @@ from ._pythia_archs import PYTHIA_STEPS as PYTHIA_STEPS
 from ._pythia_archs import PythiaArch as PythiaArch
 from ._pythia_checkpoints import HUB_ORG as HUB_ORG
 from ._pythia_checkpoints import Checkpoint as Checkpoint
-from ._pythia_checkpoints import _dtype_for, _file_hashes, _tokenizer
 from ._pythia_checkpoints import duplicate_flags as duplicate_flags
+from ._pythia_checkpoints import extraction_dtype, load_tokenizer, task_weight_hashes
 from ._pythia_checkpoints import file_sha256 as file_sha256
 from ._pythia_checkpoints import load_model as load_model
 from ._pythia_checkpoints import resolve_checkpoint as resolve_checkpoint
@@ -212,7 +212,7 @@ def run_task(
         if device is not None
         else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     )
-    dt = _dtype_for(dev, dtype)
+    dt = extraction_dtype(dev, dtype)
     model = load_model(checkpoint.folder, dt, dev)
     try:
         per_layer = extract_stats(model, input_ids, k=k, batch_size=batch_size)
@@ -258,7 +258,7 @@ def _known_files(out: Path, model_name: str) -> dict[int, dict]:
     """step -> manifest entry of this model's finished tasks."""
     if not (out / "manifest.json").exists():
         return {}
-    tasks = _read_manifest(out)["tasks"]
+    tasks = read_manifest(out)["tasks"]
     return {
         int(e["step"]): e
         for e in tasks.values()
@@ -315,7 +315,7 @@ def sweep_pythia(
     if not models:
         raise ValueError("models is empty: name at least one Pythia size, e.g. ['70m']")
     if dtype is not None:
-        _dtype_for(torch.device("cpu"), dtype)  # reject a bad dtype before any download
+        extraction_dtype(torch.device("cpu"), dtype)  # reject a bad dtype before any download
     if local_root is not None and not Path(local_root).is_dir():
         raise FileNotFoundError(f"local_root {local_root} is not a folder")
     if local_root is not None and not isinstance(steps, str) and not isinstance(steps, int):
@@ -399,7 +399,7 @@ def _sweep_model(
             f"seq_len {seq_len} exceeds {model_name}'s context of "
             f"{config.max_position_embeddings} tokens"
         )
-    tokenizer = _tokenizer(first.folder, size, local_root, cache_dir)
+    tokenizer = load_tokenizer(first.folder, size, local_root, cache_dir)
     input_ids = make_inputs(tokenizer, text, n_seqs, seq_len, seed)
     text_name = f"<{len(text)} documents>" if isinstance(text, list | tuple) else str(text)
     extra = {
@@ -412,7 +412,7 @@ def _sweep_model(
     for i, step in enumerate(todo):
         ckpt = first if i == 0 else resolve(step)
         done = _known_files(out, model_name)
-        hashes = {s: _file_hashes(e.get("provenance", {})) for s, e in done.items()}
+        hashes = {s: task_weight_hashes(e.get("provenance", {})) for s, e in done.items()}
         hashes[step] = set(ckpt.weight_files.values())
         flags = duplicate_flags(hashes)
         log.info("%s step %d: %s", model_name, step, ckpt.folder)

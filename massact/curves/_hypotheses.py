@@ -22,31 +22,31 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from . import _curves
-from ._curves import from_reparam
-from ._fit import _bucket, _validate, fit_trajectories, information_criteria
-from ._fit_core import bounded_step
+from . import _formulas
+from ._core import bounded_step
+from ._fit import bucket_size, fit_trajectories, information_criteria, validate_curves
+from ._formulas import from_reparam
 
 HYPOTHESES = ("eq9", "eq14", "step1", "step2_under", "step2_critical", "step2_over")
 
 _INF = np.inf
 # name -> (model, lower, upper, starts) on normalised data
 _STEPS = {
-    "step1": (_curves.step1, [-_INF, 1e-6], [_INF, 1e3], [[1, 0.01], [1, 0.1], [1, 1.0]]),
+    "step1": (_formulas.step1, [-_INF, 1e-6], [_INF, 1e3], [[1, 0.01], [1, 0.1], [1, 1.0]]),
     "step2_under": (
-        _curves.step2_under,
+        _formulas.step2_under,
         [-_INF, 0.0, 1e-3],
         [_INF, 1 - 1e-6, 1e4],
         [[1, 0.2, 3], [1, 0.2, 30], [1, 0.7, 3], [1, 0.7, 30]],
     ),
     "step2_critical": (
-        _curves.step2_critical,
+        _formulas.step2_critical,
         [-_INF, 1e-3],
         [_INF, 1e4],
         [[1, 1], [1, 10], [1, 100]],
     ),  # noqa: E501
     "step2_over": (
-        _curves.step2_over,
+        _formulas.step2_over,
         [-_INF, 1 + 1e-6, 1e-3],
         [_INF, 1e3, 1e4],
         [[1, 1.5, 3], [1, 1.5, 30], [1, 5, 30], [1, 5, 300]],
@@ -162,7 +162,7 @@ def fit_hypotheses(t, y, mask=None, *, fit=None, n_iter: int = 40) -> pd.DataFra
     fit: the `fit_trajectories(t, y, mask)` result when the caller already has it (the
     pipeline does), so Eq. 14 is not fitted twice.
     """
-    t, y, use = _validate(t, y, mask)
+    t, y, use = validate_curves(t, y, mask)
     N, n = y.shape
     if fit is None:
         fit = fit_trajectories(t, y, mask=use)
@@ -185,7 +185,7 @@ def fit_hypotheses(t, y, mask=None, *, fit=None, n_iter: int = 40) -> pd.DataFra
         tn = np.where(use & live[:, None], (t - a[:, None]) / s[:, None], 0.0)
         yn = np.where(use & live[:, None], (y - lo[:, None]) / yr[:, None], 0.0)
     w = (use & live[:, None]).astype(float)
-    nb, cb = _bucket(n), _bucket(N, lo=32)
+    nb, cb = bucket_size(n), bucket_size(N, lo=32)
     pad = [np.zeros((cb, nb)) for _ in range(3)]
     for dst, src in zip(pad, (tn, yn, w)):
         dst[:N, :n] = src
@@ -193,7 +193,7 @@ def fit_hypotheses(t, y, mask=None, *, fit=None, n_iter: int = 40) -> pd.DataFra
     scale = np.stack([a, s, lo, yr], 1)
     starts9 = np.zeros((cb, 4, 5)) + [1.0, 3.0, 1.0, 1.0, 0.5]
     starts9[:N] = _eq9_starts(fit.reparam, scale, tn, w)
-    _, sse9 = _run_lm("eq9", _curves.jcurve, *pad, starts9, _EQ9_LO, _EQ9_HI, _EQ9_ITER)
+    _, sse9 = _run_lm("eq9", _formulas.jcurve, *pad, starts9, _EQ9_LO, _EQ9_HI, _EQ9_ITER)
     sse["eq9"] = np.where(live, sse9[:N] * yr**2, np.nan)
     for name, (_, low, _, _) in _STEPS.items():
         _, sse_n = _fit_step(name, *pad, n_iter)

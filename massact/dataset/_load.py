@@ -13,7 +13,7 @@ revision, commit, weights_sha256, input_sha256, duplicate_of, and any extra keys
 The manifest entry of a task repeats its provenance, the file's sha256 and its row count.
 
 Writing (atomic task files, manifest under a lock, architectures, notes) lives in
-massact._dataset_io; its public names are re-exported here. This module loads: Dataset,
+massact.dataset._format; both are re-exported by massact.dataset. This module loads: Dataset,
 load_dataset, Trajectories, load_trajectories, variability_table.
 """
 
@@ -29,19 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._dataset_io import _TOP, _top_columns
-from ._dataset_io import ARCH_COLUMNS as ARCH_COLUMNS
-from ._dataset_io import KEY_COLUMNS as KEY_COLUMNS
-from ._dataset_io import MANIFEST_VERSION as MANIFEST_VERSION
-from ._dataset_io import PROVENANCE_COLUMNS as PROVENANCE_COLUMNS
-from ._dataset_io import _read_manifest as _read_manifest
-from ._dataset_io import add_note as add_note
-from ._dataset_io import frame_from_layer_stats as frame_from_layer_stats
-from ._dataset_io import task_done as task_done
-from ._dataset_io import task_key as task_key
-from ._dataset_io import task_path as task_path
-from ._dataset_io import write_architectures as write_architectures
-from ._dataset_io import write_task as write_task
+from ._format import ARCH_COLUMNS, KEY_COLUMNS, TOP_COLUMN, read_manifest, top_columns
 
 
 @dataclass
@@ -71,7 +59,7 @@ def load_dataset(root: str | os.PathLike, *, verify: bool = True) -> Dataset:
             f"{root} has no manifest.json: not a massact dataset (create one with "
             "train_mini_suite, ingest_archive or sweep_pythia)"
         )
-    manifest = _read_manifest(root)
+    manifest = read_manifest(root)
     notes_path = root / "report_lines.txt"
     notes = notes_path.read_text().splitlines() if notes_path.exists() else []
     frames, prov_rows = [], []
@@ -103,7 +91,7 @@ def load_dataset(root: str | os.PathLike, *, verify: bool = True) -> Dataset:
         stats = pd.concat(frames, ignore_index=True)
         stats = stats.sort_values(["model", "step", "layer", "sample"], kind="stable")
         stats = stats.reset_index(drop=True)
-        tops = _top_columns(stats.columns)
+        tops = top_columns(stats.columns)
         rest = [c for c in stats.columns if c not in {*KEY_COLUMNS, *tops, "median", "ratio"}]
         stats = stats[[*KEY_COLUMNS, *tops, "median", "ratio", *rest]]
     else:
@@ -132,7 +120,7 @@ def _stat_values(stats: pd.DataFrame, stat: str) -> tuple[pd.Series, str]:
         return stats["ratio"], "mean"
     if stat == "ratio_of_means":
         return stats["top1"], "ratio_of_means"
-    if stat == "median" or _TOP.match(stat):
+    if stat == "median" or TOP_COLUMN.match(stat):
         if stat not in stats.columns:
             raise ValueError(f"stat {stat!r}: the dataset has no column {stat!r}")
         return stats[stat], "mean"

@@ -24,7 +24,7 @@ predicted from the architecture alone. Choices, documented once:
   use the best tree model per parameter, chosen the same way.
 - Saved as joblib (pickle: load only files you trust) plus a JSON sidecar with the metadata.
 
-Beside it: `_arch_config` reads a config.json into the architecture dict that `predict` takes, and
+Beside it: `_config` reads a config.json into the architecture dict that `predict` takes, and
 `_explain` draws the SHAP and partial-dependence figures (Figs. 9-10) of a fitted Predictor; their
 public names are re-exported here.
 """
@@ -41,7 +41,7 @@ import pandas as pd
 from scipy.special import lambertw
 
 from . import _explain
-from ._arch_config import arch_from_config as arch_from_config
+from ._config import arch_from_config as arch_from_config
 
 PARAMS: tuple[str, ...] = ("A", "lam", "gamma", "t0", "K")
 DERIVED: list[str] = [
@@ -554,7 +554,7 @@ class Predictor:
             raise TypeError(f"{path} holds a {type(obj).__name__}, not a massact Predictor")
         return obj
 
-    # ---------- explanations (massact._explain) ----------
+    # ---------- explanations (massact.predict._explain) ----------
     def shap_values(self) -> dict:
         """param -> shap.Explanation of its best tree model over the training features."""
         return _explain.shap_values(self)

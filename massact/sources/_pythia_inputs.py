@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._pythia_checkpoints import _offline
+from ._pythia_checkpoints import hub_offline
 
 _TEXT_SUFFIXES = (".txt", ".text", ".md", ".rst", ".jsonl")
 
@@ -64,7 +64,7 @@ def _read_documents(text: str | os.PathLike | Sequence[str], budget_chars: int) 
 
 
 def _hub_documents(dataset_id: str, budget_chars: int) -> list[str]:
-    if _offline():
+    if hub_offline():
         raise RuntimeError(
             f"text {dataset_id!r} is a Hugging Face dataset id but HF_HUB_OFFLINE is set; "
             "pass a local text file or folder instead"

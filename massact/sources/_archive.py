@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._dataset_io import add_note, task_done, write_architectures, write_task
+from ..dataset import add_note, task_done, write_architectures, write_task
 from ._pythia_archs import FINAL_STEP as FINAL_STEP
 from ._pythia_archs import PYTHIA_ARCHS as PYTHIA_ARCHITECTURES
 from ._pythia_archs import PythiaArch as PythiaArch

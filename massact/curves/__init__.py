@@ -1,0 +1,19 @@
+"""Curves: the paper's Eq. 9/14 fitted to every trajectory in one batched JAX call.
+
+Modules: `_formulas` (Eq. 9, 13, 14, the parameter names, the per-curve normalisation and the
+step-response rivals: written once), `_core` (the jitted per-curve solver), `_fit`
+(fit_trajectories, FitResult, FitStatus), `_scipy_recipe` (the paper's scipy recipe: the
+oracle and baseline), `_hypotheses` (Table 5's model comparison).
+Imports: numpy, scipy, JAX; nothing else of massact.
+"""
+
+from ._fit import FitResult as FitResult
+from ._fit import FitStatus as FitStatus
+from ._fit import fit_trajectories as fit_trajectories
+from ._fit import information_criteria as information_criteria
+from ._formulas import PARAM_NAMES as PARAM_NAMES
+from ._formulas import REPARAM_NAMES as REPARAM_NAMES
+from ._formulas import curve as curve
+from ._formulas import t_peak as t_peak
+from ._hypotheses import HYPOTHESES as HYPOTHESES
+from ._hypotheses import fit_hypotheses as fit_hypotheses

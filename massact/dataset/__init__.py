@@ -1,0 +1,25 @@
+"""The dataset of statistics over checkpoints: one Parquet file per (model, step) + manifest.
+
+Modules: `_format` (layout, schema, atomic task writes, the manifest), `_load` (Dataset,
+loading with checks, Trajectories, Table 2's variability).
+Imports: numpy, pandas, pyarrow; nothing else of massact (LayerStats arrive duck-typed).
+"""
+
+from ._format import ARCH_COLUMNS as ARCH_COLUMNS
+from ._format import KEY_COLUMNS as KEY_COLUMNS
+from ._format import MANIFEST_VERSION as MANIFEST_VERSION
+from ._format import PROVENANCE_COLUMNS as PROVENANCE_COLUMNS
+from ._format import add_note as add_note
+from ._format import frame_from_layer_stats as frame_from_layer_stats
+from ._format import read_manifest as read_manifest
+from ._format import task_done as task_done
+from ._format import task_key as task_key
+from ._format import task_path as task_path
+from ._format import top_columns as top_columns
+from ._format import write_architectures as write_architectures
+from ._format import write_task as write_task
+from ._load import Dataset as Dataset
+from ._load import Trajectories as Trajectories
+from ._load import load_dataset as load_dataset
+from ._load import load_trajectories as load_trajectories
+from ._load import variability_table as variability_table

@@ -1,0 +1,14 @@
+"""Probing: statistics of every decoder layer from a model's forward pass.
+
+Modules: `_hooks` (layer discovery, the forward-hook collector, TransformerLens and plain-tensor
+adapters), `_monitor` (RatioMonitor and the HF Trainer callback for training loops).
+Imports: massact.stats.
+"""
+
+from ._hooks import LayerStatsCollector as LayerStatsCollector
+from ._hooks import collect_layer_stats as collect_layer_stats
+from ._hooks import decoder_layers as decoder_layers
+from ._hooks import stats_of as stats_of
+from ._hooks import transformer_lens_hook as transformer_lens_hook
+from ._monitor import RatioMonitor as RatioMonitor
+from ._monitor import RatioMonitorCallback as RatioMonitorCallback

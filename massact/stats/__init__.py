@@ -1,0 +1,17 @@
+"""Statistics of one hidden state: top-k and lower median of |h| per slice.
+
+Modules: `_result` (LayerStats, input checks, bit-pattern constants: the leaf that kernels/
+imports), `_reference` (the pure-torch oracle that defines the numbers), `_torch_path` (the fast
+torch path, any device), `_dispatch` (layer_stats / layer_stats_many: picks a backend).
+Imports: torch only, and massact.kernels lazily from `_dispatch`.
+"""
+
+from ._dispatch import BACKENDS as BACKENDS
+from ._dispatch import layer_stats as layer_stats
+from ._dispatch import layer_stats_many as layer_stats_many
+from ._dispatch import triton_available as triton_available
+from ._reference import reference_layer_stats as reference_layer_stats
+from ._result import DTYPES as DTYPES
+from ._result import LayerStats as LayerStats
+from ._result import validate_input as validate_input
+from ._torch_path import torch_layer_stats as torch_layer_stats

@@ -1,0 +1,79 @@
+"""The statistics' result type and input checks: the leaf every statistics path imports.
+
+`LayerStats` is what every backend returns; `validate_input` is the one check of what they
+accept. This module imports only torch, so the Triton kernels (kernels/) can import it without
+pulling in the rest of massact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# dtype -> (integer view of the same width, mask that clears the sign bit, pattern of +inf).
+# Cleared patterns order like |h|; every NaN maps to INF_BITS + 1 (torch: NaN is the largest).
+BIT_PATTERNS = {
+    torch.float32: (torch.int32, 0x7FFFFFFF, 0x7F800000),
+    torch.float16: (torch.int16, 0x7FFF, 0x7C00),
+    torch.bfloat16: (torch.int16, 0x7FFF, 0x7F80),
+}
+INF_BITS = {dtype: inf for dtype, (_, _, inf) in BIT_PATTERNS.items()}
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    """Per-slice statistics of |h| over the last two dims of h [..., S, d].
+
+    top: [..., k] float32, the k largest |h|, descending (ties: smaller flat index s*d+c first).
+    top_token: [..., k] int64, token (S) index of each.
+    top_channel: [..., k] int64, channel (d) index of each.
+    median: [...] float32, lower median of |h| over the S*d values (torch.median convention).
+    ratio: [...] float32, top[..., 0] / median (inf if median is 0, nan for an all-zero slice).
+    """
+
+    top: torch.Tensor
+    top_token: torch.Tensor
+    top_channel: torch.Tensor
+    median: torch.Tensor
+    ratio: torch.Tensor
+
+    @property
+    def k(self) -> int:
+        return self.top.shape[-1]
+
+    def to(self, device: torch.device | str) -> LayerStats:
+        return LayerStats(
+            top=self.top.to(device),
+            top_token=self.top_token.to(device),
+            top_channel=self.top_channel.to(device),
+            median=self.median.to(device),
+            ratio=self.ratio.to(device),
+        )
+
+    def cpu(self) -> LayerStats:
+        return self.to("cpu")
+
+
+def validate_input(h: torch.Tensor, k: int) -> None:
+    """Raise a clear TypeError/ValueError for input layer_stats cannot reduce."""
+    if not isinstance(h, torch.Tensor):
+        raise TypeError(f"layer_stats expects a torch.Tensor [..., S, d], got {type(h).__name__}")
+    if h.dtype not in DTYPES:
+        raise TypeError(
+            f"layer_stats needs a floating hidden state (bfloat16, float16 or float32), "
+            f"got {h.dtype}; convert it with h.float() first"
+        )
+    if h.ndim < 2:
+        raise ValueError(
+            f"layer_stats needs h with at least 2 dims [..., S, d], got shape {tuple(h.shape)}; "
+            f"use h.reshape(1, -1) for a single vector"
+        )
+    n = h.shape[-2] * h.shape[-1]
+    if n == 0:
+        raise ValueError(f"layer_stats got an empty slice: S * d = 0 for shape {tuple(h.shape)}")
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    if not 1 <= k <= n:
+        raise ValueError(f"k must satisfy 1 <= k <= S * d = {n}, got k={k}")
