@@ -14,13 +14,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-STAGES = ("extract", "fit", "hypotheses", "predict", "report")
-SOURCES = ("mini", "pythia", "archive")
+from .pipeline import SOURCES, STAGES, RunSettings, SourceSettings, run_pipeline, say
+
+# the keys of massact.sources.MINI_PRESETS (a test checks), listed here so that --help
+# does not import torch
 PRESETS = ("tiny", "fast", "full")
 
 
@@ -81,15 +82,19 @@ def build_parser(prog: str = "python -m massact.run") -> argparse.ArgumentParser
     return parser
 
 
-def resolve(args: argparse.Namespace) -> argparse.Namespace:
-    """Check and complete the arguments; raises UsageError with a one-line message."""
-    source = args.source
+def resolve(args: argparse.Namespace, stages: Iterable[str] = STAGES) -> RunSettings:
+    """Check the arguments and turn them into the pipeline's typed settings.
+
+    Raises UsageError with a one-line message for a bad combination.
+    """
+    stages = tuple(s for s in STAGES if s in set(stages))
+    source, preset = args.source, args.preset
     if args.fast:
         if source not in (None, "mini"):
             raise UsageError("--fast runs the mini-suite; it cannot be combined with --source")
-        if args.preset not in (None, "fast"):
+        if preset not in (None, "fast"):
             raise UsageError("--fast is the 'fast' preset; drop --preset or --fast")
-        source, args.preset = "mini", "fast"
+        source, preset = "mini", "fast"
     archive = args.archive
     if args.path is not None:
         if archive is not None and archive != args.path:
@@ -104,7 +109,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
         raise UsageError("--source archive needs a PATH (e.g. --source archive ./pythia-ma)")
     if source != "archive" and archive is not None:
         raise UsageError(f"an archive PATH only goes with --source archive, not {source}")
-    if source != "mini" and args.preset is not None:
+    if source != "mini" and preset is not None:
         raise UsageError("--preset applies to --source mini")
     if source != "pythia":
         for flag, value in (("--models", args.models), ("--steps", args.steps)):
@@ -114,25 +119,42 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
             raise UsageError("--text applies to --source pythia or mini")
     if args.n_seqs < 1 or args.seq_len < 2:
         raise UsageError("--n-seqs must be >= 1 and --seq-len >= 2")
-    args.source, args.archive = source, archive
-    args.preset = args.preset or ("fast" if source == "mini" else None)
-    if args.out is None:
-        tag = {"mini": f"mini-{args.preset}", "pythia": "pythia", "archive": "archive"}[source]
-        args.out = os.path.join("massact_results", tag)
-    args.out = Path(args.out)
+    preset = preset or ("fast" if source == "mini" else None)
+    out = args.out
+    if out is None:
+        tag = {"mini": f"mini-{preset}", "pythia": "pythia", "archive": "archive"}[source]
+        out = os.path.join("massact_results", tag)
     if source != "pythia" and args.local_root is not None:
         raise UsageError("--local-root applies to --source pythia")
+    steps: dict[str, list[int]] = {}
     if source == "pythia":
-        args.model_list = parse_models(args.models or "14m,70m")
-        args.step_spec = args.steps or "paper"
-        for model in args.model_list:  # check names and steps before anything runs
+        spec = args.steps or "paper"
+        for model in parse_models(args.models or "14m,70m"):  # checked before anything runs
             try:
-                parse_steps(args.step_spec, model)
+                steps[model] = parse_steps(spec, model)
             except UsageError:
                 raise
             except ValueError as exc:
                 raise UsageError(f"--models/--steps: {exc}") from None
-    return args
+        if "extract" in stages and args.text is None:
+            raise UsageError("--source pythia needs --text PATH (a text file/folder or an HF id)")
+    return RunSettings(
+        source=SourceSettings(
+            source=source,
+            preset=preset,
+            archive=Path(archive) if archive is not None else None,
+            text=args.text,
+            steps=steps,
+            local_root=args.local_root,
+            n_seqs=args.n_seqs,
+            seq_len=args.seq_len,
+            device=args.device,
+            progress=False if args.no_progress else None,
+        ),
+        out=Path(out),
+        seed=args.seed,
+        stages=stages,
+    )
 
 
 def parse_models(text: str) -> list[str]:
@@ -176,215 +198,7 @@ def parse_steps(spec: str, model: str) -> list[int]:
     return steps
 
 
-# --------------------------------------------------------------------------- stages
-
-
-def _say(msg: str) -> None:
-    print(f"massact: {msg}", flush=True)
-
-
-def _progress(args: argparse.Namespace) -> bool | None:
-    return False if args.no_progress else None
-
-
-def extract(args: argparse.Namespace) -> Path:
-    """Run the source into `<out>/dataset`; finished tasks on disk are skipped."""
-    root = args.out / "dataset"
-    if args.source == "mini":
-        from .sources import train_mini_suite
-
-        corpus = None
-        if args.text is not None:
-            corpus = Path(args.text)
-            if not corpus.exists():
-                raise FileNotFoundError(f"--text {args.text}: no such file or folder")
-        return Path(
-            train_mini_suite(
-                root,
-                preset=args.preset,
-                seed=args.seed,
-                corpus=corpus,
-                device=args.device,
-                progress=_progress(args),
-            )
-        )
-    if args.source == "archive":
-        from .sources import ingest_archive
-
-        if not Path(args.archive).exists():
-            raise FileNotFoundError(f"archive {args.archive}: no such file or folder")
-        return Path(ingest_archive(args.archive, root))
-    from .sources import sweep_pythia
-
-    if args.text is None:
-        raise UsageError("--source pythia needs --text PATH (a text file/folder or an HF id)")
-    steps = {m: parse_steps(args.step_spec, m) for m in args.model_list}
-    for model in args.model_list:  # one call per model: the steps differ per size
-        sweep_pythia(
-            [model],
-            steps[model],
-            root,
-            text=args.text,
-            n_seqs=args.n_seqs,
-            seq_len=args.seq_len,
-            seed=args.seed,
-            device=args.device,
-            local_root=args.local_root,
-        )
-    return root
-
-
-def _dataset_root(args: argparse.Namespace) -> Path:
-    root = args.out / "dataset"
-    if not (root / "manifest.json").exists():
-        raise FileNotFoundError(
-            f"no dataset at {root} (run `massact extract` or `python -m massact.run` first)"
-        )
-    return root
-
-
-def enable_jax_cache() -> str | None:
-    """Persist JAX compilations (the fits' jit) across runs: a re-run skips most compile time.
-
-    Location: $MASSACT_JAX_CACHE, else $XDG_CACHE_HOME/massact/jax (~/.cache/...); "off"
-    disables it. A directory the user already configured for JAX is kept.
-    """
-    import jax
-
-    where = os.environ.get("MASSACT_JAX_CACHE")
-    if where == "off" or jax.config.jax_compilation_cache_dir:
-        return jax.config.jax_compilation_cache_dir
-    if not where:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        where = os.path.join(base, "massact", "jax")
-    try:
-        os.makedirs(where, exist_ok=True)
-    except OSError:
-        return None  # read-only home: run without the cache
-    jax.config.update("jax_compilation_cache_dir", where)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    return where
-
-
-def run_pipeline(args: argparse.Namespace, stages: Iterable[str] = STAGES) -> dict[str, Any]:
-    """Run the named stages in order; returns timings, paths and the stage results."""
-    from .report import base_provenance
-
-    stages = [s for s in STAGES if s in set(stages)]
-    times: dict[str, float] = {}
-    cpu: dict[str, float] = {}  # process CPU seconds: comparable on a loaded machine
-    notes: list[str] = []
-    state: dict[str, Any] = {"stage_seconds": times, "stage_cpu_seconds": cpu, "notes": notes}
-
-    def timed(name: str, fn: Callable[[], Any]) -> Any:
-        _say(f"[{len(times) + 1}] {name} ...")
-        start, start_cpu = time.perf_counter(), time.process_time()
-        value = fn()
-        times[name] = time.perf_counter() - start
-        cpu[name] = time.process_time() - start_cpu
-        _say(f"[{len(times)}] {name} done in {times[name]:.1f} s (CPU {cpu[name]:.1f} s)")
-        return value
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    if "extract" in stages:
-        timed("extract", lambda: extract(args))
-    if not set(stages) - {"extract"}:
-        return state
-    from .dataset import load_dataset, load_trajectories
-
-    def load():
-        dataset = load_dataset(_dataset_root(args))
-        return dataset, load_trajectories(dataset)
-
-    dataset, traj = timed("load", load)
-    state.update(dataset=dataset, traj=traj)
-    if len(traj.keys) == 0:
-        raise ValueError(f"the dataset at {dataset.root} holds no trajectories")
-    fit = hyp = predictor = None
-    if {"fit", "hypotheses", "predict", "report"} & set(stages):
-        from .curves import fit_trajectories
-        from .report import fit_frame
-
-        enable_jax_cache()
-
-        fit = timed("fit", lambda: fit_trajectories(traj.t, traj.y, traj.mask))
-        fit_frame(traj, fit).to_parquet(args.out / "fits.parquet", index=False)
-        usable = int((fit.ok() & ~fit.degenerate).sum())
-        _say(f"{usable}/{len(fit.r2)} curves with usable Eq. 9 parameters -> {args.out}")
-    if {"hypotheses", "report"} & set(stages):
-        from .curves import fit_hypotheses
-
-        hyp = timed("hypotheses", lambda: fit_hypotheses(traj.t, traj.y, traj.mask, fit=fit))
-        hyp.to_parquet(args.out / "hypotheses.parquet", index=False)
-    if {"predict", "report"} & set(stages):
-        predictor = timed("predict", lambda: predict_stage(args, traj, fit, notes))
-    state.update(fit=fit, hyp=hyp, predictor=predictor)
-    if "report" in stages:
-        source = args.source
-        if "extract" not in stages and "source" in dataset.provenance.columns:
-            source = ",".join(sorted(set(dataset.provenance["source"].astype(str))))
-        prov = base_provenance(
-            source=source,
-            preset=args.preset,
-            seed=args.seed,
-            dataset=str(dataset.root),
-            notes=notes,
-            stage_seconds=times,
-            stage_cpu_seconds=cpu,
-        )
-        from .report import write_report
-
-        state["report"] = timed(
-            "report",
-            lambda: write_report(
-                args.out,
-                dataset,
-                traj,
-                fit,
-                hyp,
-                predictor,
-                prov,
-                title=f"massact report: {args.source}"
-                + (f" ({args.preset})" if args.preset else ""),
-            ),
-        )
-    return state
-
-
-def predict_stage(args: argparse.Namespace, traj, fit, notes: list[str]):
-    """Train the architecture -> parameters regressors; save them and the suite's predictions.
-
-    Too few fitted curves or architectures is not an error of the run: the stage is skipped
-    with a note in the report.
-    """
-    from .predict import train_predictors
-
-    ok = fit.ok() & ~fit.degenerate  # curves whose (A, lam, gamma, t0, K) are usable
-    if traj.keys["model"].nunique() < 2:
-        notes.append("prediction stage skipped: needs at least two architectures")
-        _say(notes[-1])
-        return None
-    if int(ok.sum()) < 10:
-        notes.append(
-            f"prediction stage skipped: {int(ok.sum())} curves with usable Eq. 9 parameters "
-            "(needs >= 10)"
-        )
-        _say(notes[-1])
-        return None
-    predictor = train_predictors(
-        traj.keys,
-        fit.params,
-        fit.ok(),
-        degenerate=fit.degenerate,
-        seed=args.seed,
-        out=args.out / "predictor",
-    )
-    arch = traj.keys.drop_duplicates("model").drop(columns=["layer"], errors="ignore")
-    try:
-        predictor.predict(arch).to_parquet(args.out / "predictions.parquet", index=False)
-    except ValueError as exc:  # e.g. an architecture column the predictor needs is missing
-        notes.append(f"predictions of the suite's own architectures skipped: {exc}")
-    return predictor
+# --------------------------------------------------------------------------- running
 
 
 EXPECTED_ERRORS = (ValueError, OSError, RuntimeError, ImportError, KeyError)
@@ -402,14 +216,14 @@ def report_error(exc: BaseException, out: Path | None) -> int:
 def print_summary(state: dict[str, Any], out: Path) -> None:
     times, cpu = state["stage_seconds"], state["stage_cpu_seconds"]
     parts = ", ".join(f"{k} {v:.1f} s" for k, v in times.items())
-    _say(
+    say(
         f"stage times: {parts}; total {sum(times.values()):.1f} s wall, "
         f"{sum(cpu.values()):.1f} s CPU"
     )
     if "report" in state:
-        _say(f"report: {state['report']}  (HTML: {Path(state['report']).with_suffix('.html')})")
+        say(f"report: {state['report']}  (HTML: {Path(state['report']).with_suffix('.html')})")
     else:
-        _say(f"results in {out}")
+        say(f"results in {out}")
 
 
 def main(argv: list[str] | None = None, *, stages: Iterable[str] = STAGES, prog=None) -> int:
@@ -420,21 +234,19 @@ def main(argv: list[str] | None = None, *, stages: Iterable[str] = STAGES, prog=
 
 def execute(parser: argparse.ArgumentParser, args: argparse.Namespace, stages) -> int:
     try:
-        resolve(args)
+        settings = resolve(args, stages)
     except UsageError as exc:
         parser.error(str(exc))  # exits 2 with the usage line
     try:
-        state = run_pipeline(args, stages)
+        state = run_pipeline(settings)
     except KeyboardInterrupt:
-        print(f"massact: interrupted; finished work is kept in {args.out}", file=sys.stderr)
+        print(f"massact: interrupted; finished work is kept in {settings.out}", file=sys.stderr)
         return 130
-    except UsageError as exc:
-        parser.error(str(exc))
     except EXPECTED_ERRORS as exc:
         if args.traceback:
             raise
-        return report_error(exc, args.out)
-    print_summary(state, args.out)
+        return report_error(exc, settings.out)
+    print_summary(state, settings.out)
     return 0
 
 

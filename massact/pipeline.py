@@ -1,0 +1,250 @@
+"""The pipeline's stages in order: extract -> load -> fit -> hypotheses -> predict -> report.
+
+Each stage takes explicit, typed settings (`SourceSettings`, `RunSettings`); the command lines
+(`run.py`, `cli.py`) build them from their arguments once, at the top, and nothing here reads
+argparse. Stage results are kept in the returned state dict; files go to `RunSettings.out`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+STAGES = ("extract", "fit", "hypotheses", "predict", "report")
+SOURCES = ("mini", "pythia", "archive")
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    """Where the trajectories come from and how to extract them.
+
+    source: "mini" (train the built-in suite), "pythia" (sweep checkpoints) or "archive"
+    (ingest the paper's released statistics from `archive`). `steps` maps each Pythia model to
+    its checkpoint steps; `text` is the mini-suite corpus (optional) or the Pythia inputs.
+    `progress`: None = bars when attached to a terminal, False = none.
+    """
+
+    source: str = "mini"
+    preset: str | None = "fast"
+    archive: Path | None = None
+    text: str | None = None
+    steps: dict[str, list[int]] = field(default_factory=dict)
+    local_root: str | None = None
+    n_seqs: int = 10
+    seq_len: int = 2048
+    device: str | None = None
+    progress: bool | None = None
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """One run of the pipeline: the source, the results folder, the seed and the stages."""
+
+    source: SourceSettings
+    out: Path
+    seed: int = 0
+    stages: tuple[str, ...] = STAGES
+
+    def title(self) -> str:
+        preset = f" ({self.source.preset})" if self.source.preset else ""
+        return f"massact report: {self.source.source}{preset}"
+
+
+def say(msg: str) -> None:
+    print(f"massact: {msg}", flush=True)
+
+
+def extract(source: SourceSettings, root: Path, seed: int) -> Path:
+    """Run the source into `root` (the dataset folder); finished tasks on disk are skipped."""
+    if source.source == "mini":
+        from .sources import train_mini_suite
+
+        corpus = None
+        if source.text is not None:
+            corpus = Path(source.text)
+            if not corpus.exists():
+                raise FileNotFoundError(f"--text {source.text}: no such file or folder")
+        return Path(
+            train_mini_suite(
+                root,
+                preset=source.preset,
+                seed=seed,
+                corpus=corpus,
+                device=source.device,
+                progress=source.progress,
+            )
+        )
+    if source.source == "archive":
+        from .sources import ingest_archive
+
+        if not Path(source.archive).exists():
+            raise FileNotFoundError(f"archive {source.archive}: no such file or folder")
+        return Path(ingest_archive(source.archive, root))
+    from .sources import sweep_pythia
+
+    for model, steps in source.steps.items():  # one call per model: the steps differ per size
+        sweep_pythia(
+            [model],
+            steps,
+            root,
+            text=source.text,
+            n_seqs=source.n_seqs,
+            seq_len=source.seq_len,
+            seed=seed,
+            device=source.device,
+            local_root=source.local_root,
+        )
+    return root
+
+
+def dataset_root(out: Path) -> Path:
+    """The dataset folder of a results folder; FileNotFoundError if nothing was extracted."""
+    root = out / "dataset"
+    if not (root / "manifest.json").exists():
+        raise FileNotFoundError(
+            f"no dataset at {root} (run `massact extract` or `python -m massact.run` first)"
+        )
+    return root
+
+
+def enable_jax_cache() -> str | None:
+    """Persist JAX compilations (the fits' jit) across runs: a re-run skips most compile time.
+
+    Location: $MASSACT_JAX_CACHE, else $XDG_CACHE_HOME/massact/jax (~/.cache/...); "off"
+    disables it. A directory the user already configured for JAX is kept.
+    """
+    import jax
+
+    where = os.environ.get("MASSACT_JAX_CACHE")
+    if where == "off" or jax.config.jax_compilation_cache_dir:
+        return jax.config.jax_compilation_cache_dir
+    if not where:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        where = os.path.join(base, "massact", "jax")
+    try:
+        os.makedirs(where, exist_ok=True)
+    except OSError:
+        return None  # read-only home: run without the cache
+    jax.config.update("jax_compilation_cache_dir", where)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    return where
+
+
+def run_pipeline(settings: RunSettings) -> dict[str, Any]:
+    """Run the settings' stages in order; returns timings, paths and the stage results."""
+    from .report import base_provenance
+
+    stages = [s for s in STAGES if s in set(settings.stages)]
+    out = settings.out
+    times: dict[str, float] = {}
+    cpu: dict[str, float] = {}  # process CPU seconds: comparable on a loaded machine
+    notes: list[str] = []
+    state: dict[str, Any] = {"stage_seconds": times, "stage_cpu_seconds": cpu, "notes": notes}
+
+    def timed(name: str, fn: Callable[[], Any]) -> Any:
+        say(f"[{len(times) + 1}] {name} ...")
+        start, start_cpu = time.perf_counter(), time.process_time()
+        value = fn()
+        times[name] = time.perf_counter() - start
+        cpu[name] = time.process_time() - start_cpu
+        say(f"[{len(times)}] {name} done in {times[name]:.1f} s (CPU {cpu[name]:.1f} s)")
+        return value
+
+    out.mkdir(parents=True, exist_ok=True)
+    if "extract" in stages:
+        timed("extract", lambda: extract(settings.source, out / "dataset", settings.seed))
+    if not set(stages) - {"extract"}:
+        return state
+    from .dataset import load_dataset, load_trajectories
+
+    def load():
+        dataset = load_dataset(dataset_root(out))
+        return dataset, load_trajectories(dataset)
+
+    dataset, traj = timed("load", load)
+    state.update(dataset=dataset, traj=traj)
+    if len(traj.keys) == 0:
+        raise ValueError(f"the dataset at {dataset.root} holds no trajectories")
+    fit = hyp = predictor = None
+    if {"fit", "hypotheses", "predict", "report"} & set(stages):
+        from .curves import fit_trajectories
+        from .report import fit_frame
+
+        enable_jax_cache()
+
+        fit = timed("fit", lambda: fit_trajectories(traj.t, traj.y, traj.mask))
+        fit_frame(traj, fit).to_parquet(out / "fits.parquet", index=False)
+        usable = int((fit.ok() & ~fit.degenerate).sum())
+        say(f"{usable}/{len(fit.r2)} curves with usable Eq. 9 parameters -> {out}")
+    if {"hypotheses", "report"} & set(stages):
+        from .curves import fit_hypotheses
+
+        hyp = timed("hypotheses", lambda: fit_hypotheses(traj.t, traj.y, traj.mask, fit=fit))
+        hyp.to_parquet(out / "hypotheses.parquet", index=False)
+    if {"predict", "report"} & set(stages):
+        predictor = timed(
+            "predict", lambda: predict_stage(traj, fit, notes, seed=settings.seed, out=out)
+        )
+    state.update(fit=fit, hyp=hyp, predictor=predictor)
+    if "report" in stages:
+        source = settings.source.source
+        if "extract" not in stages and "source" in dataset.provenance.columns:
+            source = ",".join(sorted(set(dataset.provenance["source"].astype(str))))
+        prov = base_provenance(
+            source=source,
+            preset=settings.source.preset,
+            seed=settings.seed,
+            dataset=str(dataset.root),
+            notes=notes,
+            stage_seconds=times,
+            stage_cpu_seconds=cpu,
+        )
+        from .report import write_report
+
+        state["report"] = timed(
+            "report",
+            lambda: write_report(
+                out, dataset, traj, fit, hyp, predictor, prov, title=settings.title()
+            ),
+        )
+    return state
+
+
+def predict_stage(traj, fit, notes: list[str], *, seed: int, out: Path):
+    """Train the architecture -> parameters regressors; save them and the suite's predictions.
+
+    Too few fitted curves or architectures is not an error of the run: the stage is skipped
+    with a note in the report.
+    """
+    from .predict import train_predictors
+
+    ok = fit.ok() & ~fit.degenerate  # curves whose (A, lam, gamma, t0, K) are usable
+    if traj.keys["model"].nunique() < 2:
+        notes.append("prediction stage skipped: needs at least two architectures")
+        say(notes[-1])
+        return None
+    if int(ok.sum()) < 10:
+        notes.append(
+            f"prediction stage skipped: {int(ok.sum())} curves with usable Eq. 9 parameters "
+            "(needs >= 10)"
+        )
+        say(notes[-1])
+        return None
+    predictor = train_predictors(
+        traj.keys,
+        fit.params,
+        fit.ok(),
+        degenerate=fit.degenerate,
+        seed=seed,
+        out=out / "predictor",
+    )
+    arch = traj.keys.drop_duplicates("model").drop(columns=["layer"], errors="ignore")
+    try:
+        predictor.predict(arch).to_parquet(out / "predictions.parquet", index=False)
+    except ValueError as exc:  # e.g. an architecture column the predictor needs is missing
+        notes.append(f"predictions of the suite's own architectures skipped: {exc}")
+    return predictor
