@@ -451,18 +451,10 @@ def triton_layer_stats_many(
         IS_BF16=h.dtype == torch.bfloat16,
         INF=inf,
     )
-    ratio = top[:, 0] / median
     out, b0 = [], 0
     for x, size in zip(hs, sizes):
-        lead, sl = x.shape[:-2], slice(b0, b0 + size)
+        sl = slice(b0, b0 + size)
         b0 += size
-        out.append(
-            LayerStats(
-                top=top[sl].reshape(*lead, k),
-                top_token=top_token[sl].reshape(*lead, k),
-                top_channel=top_channel[sl].reshape(*lead, k),
-                median=median[sl].reshape(lead),
-                ratio=ratio[sl].reshape(lead),
-            )
-        )
+        parts = top[sl], top_token[sl], top_channel[sl], median[sl]
+        out.append(LayerStats.from_slices(*parts, x.shape[:-2]))
     return out

@@ -43,11 +43,4 @@ def reference_layer_stats(h: torch.Tensor, k: int = 3) -> LayerStats:
     vals, idx = torch.sort(x, dim=-1, descending=True, stable=True)
     top, flat = vals[:, :k].contiguous(), idx[:, :k].contiguous()
     median = torch.median(x, dim=-1).values  # lower median, NaN if the slice holds a NaN
-    ratio = top[:, 0] / median
-    return LayerStats(
-        top=top.reshape(*lead, k),
-        top_token=(flat // d).reshape(*lead, k),
-        top_channel=(flat % d).reshape(*lead, k),
-        median=median.reshape(lead),
-        ratio=ratio.reshape(lead),
-    )
+    return LayerStats.from_slices(top, flat // d, flat % d, median, lead)

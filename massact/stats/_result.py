@@ -7,6 +7,7 @@ pulling in the rest of massact.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -42,6 +43,29 @@ class LayerStats:
     @property
     def k(self) -> int:
         return self.top.shape[-1]
+
+    @classmethod
+    def from_slices(
+        cls,
+        top: torch.Tensor,
+        top_token: torch.Tensor,
+        top_channel: torch.Tensor,
+        median: torch.Tensor,
+        lead: Sequence[int],
+    ) -> LayerStats:
+        """Results of B flattened slices ([B, k] and [B]) reshaped to the leading dims `lead`.
+
+        The one place the ratio is formed: top1 / median in float32 (inf where the median is 0,
+        NaN for 0 / 0), as the oracle defines it.
+        """
+        k = top.shape[-1]
+        return cls(
+            top=top.reshape(*lead, k),
+            top_token=top_token.reshape(*lead, k),
+            top_channel=top_channel.reshape(*lead, k),
+            median=median.reshape(lead),
+            ratio=(top[:, 0] / median).reshape(lead),
+        )
 
     def to(self, device: torch.device | str) -> LayerStats:
         return LayerStats(

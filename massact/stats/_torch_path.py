@@ -95,11 +95,4 @@ def torch_layer_stats(h: torch.Tensor, k: int) -> LayerStats:
     top = bits_to_float(top_key >> 32, h.dtype)
     median = bits_to_float(_median_bits(bits.reshape(B, n)), h.dtype)
     median = torch.where(torch.isnan(top[:, 0]), top[:, 0], median)  # torch.median: NaN wins
-    ratio = top[:, 0] / median
-    return LayerStats(
-        top=top.reshape(*lead, k),
-        top_token=(flat // d).reshape(*lead, k),
-        top_channel=(flat % d).reshape(*lead, k),
-        median=median.reshape(lead),
-        ratio=ratio.reshape(lead),
-    )
+    return LayerStats.from_slices(top, flat // d, flat % d, median, lead)
