@@ -7,9 +7,12 @@ argparse. Stage results are kept in the returned state dict; files go to `RunSet
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,16 +61,67 @@ def say(msg: str) -> None:
     print(f"massact: {msg}", flush=True)
 
 
+class Interrupted:
+    """Remembers a Ctrl-C even where a library swallowed its KeyboardInterrupt.
+
+    The interrupt can land in a callback that Python only reports (e.g. JAX's garbage-collection
+    hook), and the run would go on and exit 0; the pipeline checks this flag between stages.
+    """
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def check(self) -> None:
+        if self.seen:
+            raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def interrupt_guard() -> Iterator[Interrupted]:
+    """SIGINT sets the returned flag, then raises KeyboardInterrupt as Python's default does."""
+    flag = Interrupted()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag  # signal handlers can only be set from the main thread
+        return
+
+    def on_sigint(signum, frame):
+        flag.seen = True
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def has_finished_work(out: Path) -> bool:
+    """Whether `out` holds work a re-run can resume from (an extracted dataset's manifest)."""
+    try:
+        return (Path(out) / "dataset" / "manifest.json").is_file()
+    except OSError:
+        return False
+
+
+def preflight(settings: RunSettings) -> None:
+    """Checks that need the file system, done before anything is created or run."""
+    out, source = settings.out, settings.source
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file, not a folder")
+    if "extract" not in settings.stages:
+        return
+    if source.source == "mini" and source.text is not None and not Path(source.text).exists():
+        raise FileNotFoundError(f"--text {source.text}: no such file or folder")
+    if source.source == "archive" and not Path(source.archive).exists():
+        raise FileNotFoundError(f"archive {source.archive}: no such file or folder")
+
+
 def extract(source: SourceSettings, root: Path, seed: int) -> Path:
     """Run the source into `root` (the dataset folder); finished tasks on disk are skipped."""
     if source.source == "mini":
         from .sources import train_mini_suite
 
-        corpus = None
-        if source.text is not None:
-            corpus = Path(source.text)
-            if not corpus.exists():
-                raise FileNotFoundError(f"--text {source.text}: no such file or folder")
+        corpus = Path(source.text) if source.text is not None else None
         return Path(
             train_mini_suite(
                 root,
@@ -81,8 +135,6 @@ def extract(source: SourceSettings, root: Path, seed: int) -> Path:
     if source.source == "archive":
         from .sources import ingest_archive
 
-        if not Path(source.archive).exists():
-            raise FileNotFoundError(f"archive {source.archive}: no such file or folder")
         return Path(ingest_archive(source.archive, root))
     from .sources import sweep_pythia
 
@@ -134,8 +186,11 @@ def enable_jax_cache() -> str | None:
     return where
 
 
-def run_pipeline(settings: RunSettings) -> dict[str, Any]:
-    """Run the settings' stages in order; returns timings, paths and the stage results."""
+def run_pipeline(settings: RunSettings, interrupted: Interrupted | None = None) -> dict[str, Any]:
+    """Run the settings' stages in order; returns timings, paths and the stage results.
+
+    `interrupted`: checked after every stage (see `Interrupted`).
+    """
     from .report import base_provenance
 
     stages = [s for s in STAGES if s in set(settings.stages)]
@@ -152,8 +207,11 @@ def run_pipeline(settings: RunSettings) -> dict[str, Any]:
         times[name] = time.perf_counter() - start
         cpu[name] = time.process_time() - start_cpu
         say(f"[{len(times)}] {name} done in {times[name]:.1f} s (CPU {cpu[name]:.1f} s)")
+        if interrupted is not None:
+            interrupted.check()
         return value
 
+    preflight(settings)
     out.mkdir(parents=True, exist_ok=True)
     if "extract" in stages:
         timed("extract", lambda: extract(settings.source, out / "dataset", settings.seed))

@@ -18,7 +18,16 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .pipeline import SOURCES, STAGES, RunSettings, SourceSettings, run_pipeline, say
+from .pipeline import (
+    SOURCES,
+    STAGES,
+    RunSettings,
+    SourceSettings,
+    has_finished_work,
+    interrupt_guard,
+    run_pipeline,
+    say,
+)
 
 # the keys of massact.sources.MINI_PRESETS (a test checks), listed here so that --help
 # does not import torch
@@ -208,7 +217,8 @@ def report_error(exc: BaseException, out: Path | None) -> int:
     msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if isinstance(exc, KeyError):
         msg = f"missing key {msg}"
-    where = f" (finished work is kept in {out}; re-run to resume)" if out else ""
+    kept = out is not None and has_finished_work(out)
+    where = f" (finished work is kept in {out}; re-run to resume)" if kept else ""
     print(f"massact: error: {msg}{where}", file=sys.stderr)
     return 1
 
@@ -238,9 +248,14 @@ def execute(parser: argparse.ArgumentParser, args: argparse.Namespace, stages) -
     except UsageError as exc:
         parser.error(str(exc))  # exits 2 with the usage line
     try:
-        state = run_pipeline(settings)
+        with interrupt_guard() as interrupted:
+            state = run_pipeline(settings, interrupted=interrupted)
+            interrupted.check()  # a Ctrl-C that a library swallowed still stops the run
     except KeyboardInterrupt:
-        print(f"massact: interrupted; finished work is kept in {settings.out}", file=sys.stderr)
+        kept = (
+            f"; finished work is kept in {settings.out}" if has_finished_work(settings.out) else ""
+        )
+        print(f"massact: interrupted{kept}", file=sys.stderr)
         return 130
     except EXPECTED_ERRORS as exc:
         if args.traceback:

@@ -48,3 +48,64 @@ def test_pythia_needs_text_only_when_extracting():
 
 def test_stages_keep_pipeline_order():
     assert _resolve(["--fast"], stages=("report", "fit")).stages == ("fit", "report")
+
+
+def _tiny_dataset(root: Path, n_models: int = 2, L: int = 3) -> None:
+    """A small dataset written through the real writer: log-increase ratios over 12 steps."""
+    import numpy as np
+    import pandas as pd
+
+    from massact.dataset import write_task
+
+    for m in range(n_models):
+        for step in (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000):
+            layer = np.arange(L)
+            top1 = 5.0 + (m + 1) * (layer + 1) * np.log1p(step)
+            rows = pd.DataFrame(
+                {"suite": "s", "model": f"m{m}", "step": step, "layer": layer, "sample": 0,
+                 "top1": top1, "median": 1.0, "ratio": top1}
+            )  # fmt: skip
+            write_task(root, rows, {"source": "mini"})
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_ctrl_c_swallowed_by_a_library_still_stops_the_run(tmp_path, monkeypatch, capsys):
+    import gc
+    import signal
+
+    import massact.curves
+
+    _tiny_dataset(tmp_path / "dataset")
+    real_fit = massact.curves.fit_trajectories
+
+    def fit_hit_by_ctrl_c(*args, **kwargs):
+        def callback(phase, info):  # as JAX's GC hook: an exception here is only reported
+            gc.callbacks.remove(callback)
+            signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+
+        gc.callbacks.append(callback)
+        gc.collect()
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(massact.curves, "fit_trajectories", fit_hit_by_ctrl_c)
+    code = massact_run.main(["--out", str(tmp_path), "--no-progress"], stages=("fit",))
+    assert code == 130
+    assert "interrupted; finished work is kept in" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+def test_out_that_is_a_file_is_a_clear_error(tmp_path, capsys):
+    out = tmp_path / "results"
+    out.write_text("not a folder")
+    assert massact_run.main(["--fast", "--out", str(out), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "is a file, not a folder" in err and "finished work" not in err
+
+
+def test_failed_preflight_creates_no_out_folder(tmp_path, capsys):
+    out = tmp_path / "never"
+    argv = ["--source", "archive", str(tmp_path / "missing"), "--out", str(out)]
+    assert massact_run.main(argv) == 1
+    assert not out.exists()
+    err = capsys.readouterr().err
+    assert "no such file or folder" in err and "finished work" not in err
