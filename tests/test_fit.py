@@ -4,12 +4,16 @@ Every fit here uses chunks of <= 32 curves of <= 56 points, one shape bucket: on
 for the whole file (the dominant cost on a 2-core CPU).
 """
 
+import dataclasses
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from massact import load_dataset, load_trajectories, train_mini_suite
+from massact.curves import FitSettings
 from massact.curves._fit import DEGENERATE_LAM_T0, FitStatus, fit_trajectories, information_criteria
 from massact.curves._formulas import (
     curve,
@@ -299,3 +303,31 @@ def test_bad_arguments_raise():
         fit_trajectories(_steps(), np.ones((2, N_COLS)), n_start=3)
     with pytest.raises(ValueError, match="workers must be >= 1"):
         fit_trajectories(_steps(), np.ones((2, N_COLS)), workers=0)
+
+
+def test_fit_settings_are_the_options_the_cache_key_and_the_record(noisy):
+    """FitSettings(...) and keyword options are the same thing; chunking is not part of the
+    compiled function (same cache entry, same fits); the result records what it ran with."""
+    d, fit = noisy
+    assert fit.settings == FitSettings.from_options()  # defaults, chunking set for the backend
+    record = json.loads(json.dumps(fit.settings.as_dict()))
+    assert record["lm_iter"] == 20 and len(record["b_grid"]) == 24
+    again = fit_trajectories(d["t"], d["y"], d["mask"], settings=FitSettings(workers=1))
+    assert again.compile_seconds == 0.0 and again.settings.workers == 1
+    np.testing.assert_array_equal(again.params, fit.params)
+    s = FitSettings.from_options(FitSettings(lm_iter=5.0), workers=1, b_grid=np.ones(3))
+    assert (s.lm_iter, s.workers, s.b_grid) == (5, 1, (1.0, 1.0, 1.0))
+    assert hash(s.compiled_part()) == hash(dataclasses.replace(s, workers=3).compiled_part())
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        FitSettings(workers=0)
+    with pytest.raises(TypeError, match="unknown options"):
+        FitSettings.from_options(n_start=3)
+
+
+def test_status_counts_name_the_statuses(noisy):
+    _, fit = noisy
+    assert sum(fit.status_counts().values()) == len(fit.status)
+    mixed = dataclasses.replace(fit, status=np.array([0, 5, 1, 0, 2, 0]))
+    counts = mixed.status_counts()  # in FitStatus order
+    want = {"converged": 3, "max iterations": 1, "too few points": 1, "constant": 1}
+    assert counts == want and list(counts) == list(want)

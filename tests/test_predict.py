@@ -15,21 +15,18 @@ import pandas as pd
 import pytest
 from scipy.special import lambertw
 
-from massact.predict._models import (
+from massact.curves import PARAM_NAMES
+from massact.predict import arch_from_config
+from massact.predict._features import (
     DERIVED,
     FEATURES,
     MODELS,
-    PARAMS,
-    Predictor,
     TargetTransform,
-    arch_from_config,
     architecture_features,
-    model_folds,
-    predict_from_config,
-    t_peak,
-    train_predictors,
     transform_kind,
 )
+from massact.predict._predictor import Predictor, predict_from_config, t_peak
+from massact.predict._selection import model_folds, train_predictors
 
 POSITION = {"l/L", "(l/L)^2", "(l/L)^3", "sqrt(l/L)"}  # monotone maps of one another
 ARCH = {"L": 6, "d": 128, "H": 4, "d_ff": 512}
@@ -83,7 +80,7 @@ def pred(data, out_dir):
 def test_recovers_known_relations(pred):
     for split, floor in (("random_split", 0.9), ("model_split", 0.8)):
         r2 = pred.table(split, "r2")
-        assert list(r2.columns) == list(MODELS) and list(r2.index) == list(PARAMS)
+        assert list(r2.columns) == list(MODELS) and list(r2.index) == list(PARAM_NAMES)
         assert r2.loc["K"].max() > floor, (split, r2.loc["K"])
         assert r2.loc["lam"].max() > floor, (split, r2.loc["lam"])
         for metric in ("mae", "rmse"):  # standardised units: a good fit is far below 1
@@ -92,7 +89,7 @@ def test_recovers_known_relations(pred):
 
 def test_shap_ranks_the_true_feature_first(pred):
     imp = pred.shap_importance()
-    assert list(imp.index) == pred.features and set(imp.columns) == set(PARAMS)
+    assert list(imp.index) == pred.features and set(imp.columns) == set(PARAM_NAMES)
     assert imp["K"].idxmax() == "H/d", imp["K"].sort_values()
     assert imp["lam"].idxmax() in POSITION, imp["lam"].sort_values()
 
@@ -167,7 +164,7 @@ def test_two_models_skip_the_model_split():
 def test_predict_dict(pred):
     out = pred.predict(ARCH, horizon=500)
     assert list(out.layer) == list(range(6)) and len(out) == 6
-    assert np.isfinite(out[list(PARAMS)].to_numpy()).all()
+    assert np.isfinite(out[list(PARAM_NAMES)].to_numpy()).all()
     assert (out.steady_state == out.K).all()
     # K depends on H/d = 4/128: the predicted K is near the true 5 + 1500 * H/d
     np.testing.assert_allclose(out.K, 5 + 1500 * 4 / 128, rtol=0.1)
@@ -197,7 +194,7 @@ def test_predict_frame_of_models_keeps_columns(pred):
     assert list(out.model) == ["x"] * 6 + ["y"] * 3
     one = pred.predict(ARCH)
     pd.testing.assert_frame_equal(
-        out[out.model == "x"][list(PARAMS)].reset_index(drop=True), one[list(PARAMS)]
+        out[out.model == "x"][list(PARAM_NAMES)].reset_index(drop=True), one[list(PARAM_NAMES)]
     )
 
 
@@ -205,7 +202,7 @@ def test_predict_from_hf_configs(tmp_path, pred):
     import transformers as tf
 
     path = pred.save(tmp_path / "predictor.joblib")
-    want = pred.predict(ARCH)[list(PARAMS)]
+    want = pred.predict(ARCH)[list(PARAM_NAMES)]
     cfgs = {
         "neox": tf.GPTNeoXConfig(
             num_hidden_layers=6, hidden_size=128, num_attention_heads=4, intermediate_size=512
@@ -219,7 +216,7 @@ def test_predict_from_hf_configs(tmp_path, pred):
         cfg.save_pretrained(tmp_path / name)
         for src in (tmp_path / name, tmp_path / name / "config.json", str(tmp_path / name)):
             got = predict_from_config(src, path)
-            pd.testing.assert_frame_equal(got[list(PARAMS)], want, obj=name)
+            pd.testing.assert_frame_equal(got[list(PARAM_NAMES)], want, obj=name)
     neox = arch_from_config(tmp_path / "neox")
     assert neox == {**ARCH, "rotary_pct": 0.25, "rotary_base": 10000.0}
     old = {"num_hidden_layers": 6, "hidden_size": 128, "num_attention_heads": 4,
@@ -227,7 +224,7 @@ def test_predict_from_hf_configs(tmp_path, pred):
     assert arch_from_config(old) == neox  # transformers v4 (Pythia's own config.json) keys
     assert arch_from_config(tmp_path / "llama")["rotary_pct"] == 1.0
     got = predict_from_config(dict(ARCH), pred, horizon=1000)  # explicit dims, a Predictor
-    pd.testing.assert_frame_equal(got[list(PARAMS)], want)
+    pd.testing.assert_frame_equal(got[list(PARAM_NAMES)], want)
 
 
 def test_save_load_round_trip(tmp_path, pred):
@@ -254,7 +251,7 @@ def test_tables_and_markdown(out_dir, pred):
     md = (out_dir / "prediction_tables.md").read_text()
     assert md == pred.markdown() and "whole models" in md and "Random 80/20" in md
     t = pd.read_csv(out_dir / "prediction_random_split.csv")
-    assert len(t) == len(PARAMS) * len(MODELS)
+    assert len(t) == len(PARAM_NAMES) * len(MODELS)
     assert t.n_test.iloc[0] == len(pred.splits["random_split"][1])
     for split in ("random_split", "model_split"):
         for _, row in pred.table(split, "r2").iterrows():  # each row's best R^2 is in bold
@@ -299,8 +296,10 @@ def test_figures(tmp_path, pred):
     shap_paths = pred.shap_figures(tmp_path / "fig")
     pdp_paths = pred.pdp_figures(tmp_path / "fig")
     names = {p.name for p in shap_paths}
-    assert {f"shap_beeswarm_{p}.png" for p in PARAMS} <= names and "shap_waterfall_K.png" in names
-    assert {p.name for p in pdp_paths} == {f"pdp_{p}.png" for p in PARAMS}
+    assert {
+        f"shap_beeswarm_{p}.png" for p in PARAM_NAMES
+    } <= names and "shap_waterfall_K.png" in names
+    assert {p.name for p in pdp_paths} == {f"pdp_{p}.png" for p in PARAM_NAMES}
     for p in shap_paths + pdp_paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
     assert plt.get_fignums() == []  # every figure closed

@@ -15,8 +15,7 @@ import pytest
 
 from massact import dataset as _dataset
 from massact.curves._formulas import curve
-from massact.report import _document as _report
-from massact.report import _figures, base_provenance
+from massact.report import _document, _figures, _tables, base_provenance
 
 STEPS = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000, 2000, 4000, 6000, 8000, 10000]
 # model -> (L, d, H, d_ff, n_params)
@@ -84,13 +83,34 @@ def test_markdown_table_renders_bold_and_nan():
     frame = pd.DataFrame({"x": [1.0, np.nan], "y|z": [0.5, 2.0]}, index=pd.Index(["a", "b"]))
     frame.index.name = "row"
     bold = pd.DataFrame([[True, False], [False, True]], index=frame.index, columns=frame.columns)
-    text = _report.markdown_table(frame, floatfmt=".2f", bold=bold)
+    text = _tables.markdown_table(frame, floatfmt=".2f", bold=bold)
     assert text.splitlines() == [
         "| row | x | y|z |",
         "|---|---|---|",
         "| a | **1.00** | 0.50 |",
         "| b | – | **2.00** |",
     ]
+
+
+def test_table3_pivots_a_predictor_table():
+    """Parameters in Eq. 9 order, models in the table's order, the transform first; the same
+    pivot as Predictor.table."""
+    from massact.predict import metric_table
+
+    frame = pd.DataFrame(
+        {"param": ["K", "K", "A", "A"], "transform": ["yeo-johnson"] * 2 + ["log1p"] * 2,
+         "model": ["XGBoost", "Ridge"] * 2, "r2": [0.9, 0.5, 0.7, np.nan]}
+    )  # fmt: skip
+    wide = _tables.table3(frame, "r2")
+    assert list(wide.index) == ["A", "K"] and wide.index.name == "parameter"
+    assert list(wide.columns) == ["transform", "XGBoost", "Ridge"]
+    assert list(wide["transform"]) == ["log1p", "yeo-johnson"]
+    assert wide.loc["K", "Ridge"] == 0.5 and np.isnan(wide.loc["A", "Ridge"])
+    pd.testing.assert_frame_equal(
+        wide.drop(columns="transform"), metric_table(frame, "r2"), check_names=False
+    )
+    with pytest.raises(StopIteration):
+        _tables.table3(frame, "mae")
 
 
 def test_t_peak_grid_matches_numeric_argmax():
@@ -106,11 +126,11 @@ def test_t_peak_grid_matches_numeric_argmax():
 
 def test_tables_hold_the_known_structure(pipeline):
     out, dataset, traj, fit, _ = pipeline
-    t1 = _report.table1(traj, fit)
+    t1 = _tables.table1(traj, fit)
     assert list(t1.index) == ["m-a", "m-b", "m-c", "all"]  # ordered by n_params
     assert (t1["fitted"] == t1["layers"]).all()
     assert (t1["mean R²"] > 0.95).all()  # Eq. 9 data with 2% noise
-    t2 = _report.table2(dataset)
+    t2 = _tables.table2(dataset)
     assert np.isfinite(t2[["CV%", "SEM%", "95% CI ±%"]].to_numpy()).all()
     # per-sample noise is 2% of the ratio: the CV is close to 2%
     assert t2["CV%"].between(1.0, 3.5).all()
@@ -118,7 +138,7 @@ def test_tables_hold_the_known_structure(pipeline):
 
 def test_table5_prefers_eq9(pipeline):
     _, _, traj, _, hyp = pipeline
-    r2, aic = _report.table5(hyp, traj)
+    r2, aic = _tables.table5(hyp, traj)
     assert {"eq9", "step1"} <= set(r2.index)
     assert list(r2.columns) == ["m-a", "m-b", "m-c", "all"]
     assert r2.loc["eq9", "all"] > r2.loc["step1", "all"]  # the paper's Table 5 ordering
@@ -138,7 +158,7 @@ def test_peak_table_finds_the_early_peak(pipeline):
 def test_write_report_without_predictor(pipeline):
     out, dataset, traj, fit, hyp = pipeline
     prov = base_provenance(seed=0, stage_seconds={"fit": 1.5, "report": 2.0})
-    md = _report.write_report(out, dataset, traj, fit, hyp, None, prov)
+    md = _document.write_report(out, dataset, traj, fit, hyp, None, prov)
     text = md.read_text()
     for caption in ("Table 1.", "Table 2.", "Fig. 2", "Fig. 8"):
         assert caption in text

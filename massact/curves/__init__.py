@@ -1,10 +1,12 @@
 """Curves: the paper's Eq. 9/14 fitted to every trajectory in one batched JAX call.
 
-Modules: `_formulas` (Eq. 9, 13, 14, the parameter names, the per-curve normalisation and the
-step-response rivals: written once), `_core` (the jitted per-curve solver), `_fit`
-(fit_trajectories, FitResult, FitStatus), `_scipy_recipe` (the paper's scipy recipe: the
-oracle and baseline), `_hypotheses` (Table 5's model comparison).
-Imports: numpy, scipy, JAX; nothing else of massact.
+Modules: `_formulas` (Eq. 9, 13, 14, the parameter names and the step-response rivals: the
+only home of each formula), `_normalise` (the per-curve normalisation and its inverse, shared
+by every fitter), `_core` (the jitted per-curve solver), `_settings` (FitSettings: the
+fitter's knobs and compile-cache key), `_fit` (fit_trajectories, FitResult, FitStatus),
+`_scipy_recipe` (the paper's scipy recipe: the oracle and baseline), `_hypotheses` (Table 5's
+model comparison).
+Imports: numpy, scipy, pandas, JAX; nothing else of massact.
 """
 
 from ._fit import FitResult as FitResult
@@ -17,3 +19,4 @@ from ._formulas import curve as curve
 from ._formulas import t_peak as t_peak
 from ._hypotheses import HYPOTHESES as HYPOTHESES
 from ._hypotheses import fit_hypotheses as fit_hypotheses
+from ._settings import FitSettings as FitSettings

@@ -1,8 +1,9 @@
 """Batched fits of Eq. 9 (through Eq. 14) to every trajectory in one jit-compiled JAX call.
 
-The host side: input checks, per-curve normalisation and pathological-curve statuses, shape
-buckets and the compiled-function cache, mapping results back, and `FitResult`. The per-curve
-algorithm (grid, variable projection, Newton, Levenberg-Marquardt) is in `_core`.
+The host side: input checks, per-curve normalisation (`_normalise`) and pathological-curve
+statuses, shape buckets and the compiled-function cache (keyed by `FitSettings`, `_settings`),
+mapping results back, and `FitResult`. The per-curve algorithm (grid, variable projection,
+Newton, Levenberg-Marquardt) is in `_core`.
 
 We write the damped Gauss-Newton steps ourselves instead of using jaxopt's LevenbergMarquardt:
 jaxopt's LM has no bounds (lam >= 0 needs an active set / projection between steps) and no
@@ -16,6 +17,7 @@ import enum
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -23,33 +25,27 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ._core import B_MIN, N_PARAMS, fit_batch
+from ._core import N_PARAMS, fit_batch
 from ._formulas import (
     PARAM_NAMES,
     REPARAM_NAMES,
     curve,
+    curve_reparam,
     from_reparam,
     from_reparam_jacobian,
     jacobian_reparam,
     t_peak,
 )
+from ._normalise import curve_scale, denormalise_jacobian, denormalise_reparam, normalise_points
+from ._settings import FitSettings
 
-__all__ = ["DEGENERATE_LAM_T0", "FitResult", "FitStatus", "curve", "fit_trajectories"]
+__all__ = [
+    "DEGENERATE_LAM_T0", "FitResult", "FitSettings", "FitStatus", "curve", "fit_trajectories",
+]  # fmt: skip
 
 MIN_POINTS = 6
 # |lam t0| above this: A = A1 exp(lam t0) > 5e21 A1, the original parameters are not usable
 DEGENERATE_LAM_T0 = 50.0
-# per-curve algorithm settings (see _core.fit_one); all can be overridden as options
-DEFAULT_SETTINGS = {
-    # grid starts: the best point of each of n_starts beta bands x n_u_bands log-tau0 bands,
-    # plus the paper's initial guess
-    "n_starts": 3,
-    "n_u_bands": 2,
-    "vp_iter": 30,  # variable-projection LM iterations from every start
-    "n_newton": 1,  # the best n_newton VP results go on with
-    "newton_iter": 12,  # Newton steps on the projected SSE
-    "lm_iter": 20,  # LM polish on all five parameters
-}
 
 
 class FitStatus(enum.IntEnum):
@@ -64,6 +60,11 @@ class FitStatus(enum.IntEnum):
     def message(self) -> str:
         return _MESSAGES[self]
 
+    @property
+    def label(self) -> str:
+        """The name in words: "converged", "max iterations", ..."""
+        return self.name.lower().replace("_", " ")
+
 
 _MESSAGES = {
     FitStatus.CONVERGED: "converged: the SSE stopped decreasing",
@@ -77,7 +78,8 @@ _MESSAGES = {
 
 # --------------------------------------------------------------------------- host side
 
-_COMPILED: dict[tuple, object] = {}
+# (FitSettings.compiled_part(), padded curve length, rows per call) -> compiled fit_batch
+_COMPILED: dict[tuple[FitSettings, int, int], object] = {}
 
 
 def _compile(lowered):
@@ -195,6 +197,13 @@ class FitResult:
     n_points: np.ndarray = field(repr=False, default=None)  # [N] usable points
     stderr_reparam: np.ndarray = field(repr=False, default=None)  # [N, 5]
     degenerate: np.ndarray = field(repr=False, default=None)  # [N] bool, see the docstring
+    settings: FitSettings | None = field(repr=False, default=None)  # what the fit ran with
+
+    def status_counts(self) -> dict[str, int]:
+        """Curves per status by name, in `FitStatus` order, statuses that occur only:
+        {"converged": 24, "max iterations": 2} (`FitStatus.message` says what each means)."""
+        codes, counts = np.unique(np.asarray(self.status), return_counts=True)
+        return {FitStatus(int(c)).label: int(n) for c, n in zip(codes, counts)}
 
     def ok(self) -> np.ndarray:
         """[N] bool: converged, or stopped at max-iterations with finite parameters.
@@ -233,8 +242,6 @@ class FitResult:
 
 
 def _eval_reparam(t, reparam, status):
-    from ._formulas import curve_reparam
-
     y = curve_reparam(t, reparam)
     const = status == FitStatus.CONSTANT
     if const.any():  # exact constant, whatever the (arbitrary) shape parameters say
@@ -245,16 +252,13 @@ def _eval_reparam(t, reparam, status):
 def _map_back(z, sse_n, jtj, scale, npts):
     """Normalised fits -> Eq. 14 parameters in the data's units, their covariance [N, 5, 5]
     (curve_fit's pcov, s^2 (J^T J)^-1 with s^2 = SSE / (n - 5), mapped by the delta method)
-    and the variances of the Eq. 9 parameters [N, 5]."""
-    a, s, lo, yr = scale.T
-    b, u, a1, a2, k = z.T
+    and the variances of the Eq. 9 parameters [N, 5]. z holds u = log tau0, not tau0."""
     with np.errstate(all="ignore"):
-        tau, g, ls = np.exp(u), yr * np.exp(b * a / s), np.log(s)
-        rep = np.stack([b / s, s * tau - a, g * a1, g * (a2 - a1 * ls), lo + yr * k], -1)
-        d_rep = np.zeros(z.shape + (N_PARAMS,))  # d rep / d z
-        d_rep[:, 0, 0], d_rep[:, 1, 1], d_rep[:, 4, 4] = 1.0 / s, s * tau, yr
-        d_rep[:, 2, 0], d_rep[:, 2, 2] = g * a / s * a1, g
-        d_rep[:, 3, 0], d_rep[:, 3, 2], d_rep[:, 3, 3] = g * a / s * (a2 - a1 * ls), -g * ls, g
+        tau = np.exp(z[:, 1])
+        zt = np.concatenate([z[:, :1], tau[:, None], z[:, 2:]], 1)
+        rep = denormalise_reparam(zt, scale)
+        d_rep = denormalise_jacobian(zt, scale)  # d rep / d z
+        d_rep[:, 1, 1] *= tau  # d tau0_n / d u = tau0_n; no other entry depends on it
         finite = np.all(np.isfinite(jtj), (1, 2))
         ridge = 1e-12 * np.max(np.abs(np.diagonal(jtj, 0, 1, 2)), 1) + 1e-300
         m = np.where(finite[:, None, None], jtj, np.eye(N_PARAMS))
@@ -274,72 +278,58 @@ def information_criteria(sse, n, k):
         return ll + 2 * k, ll + k * np.log(n)
 
 
-def fit_trajectories(t, y, mask=None, **options) -> FitResult:
+def fit_trajectories(
+    t, y, mask=None, *, settings: FitSettings | None = None, **options: Any
+) -> FitResult:
     """Fit Eq. 9 to every curve at once. t [n] or [N, n] steps >= 0 strictly increasing per
     curve (over unmasked points); y [N, n]; mask [N, n] bool (True = real point).
 
-    NaN/inf points are treated as missing. Options: the algorithm's `DEFAULT_SETTINGS`,
-    b_grid / u_grid (the start grid), chunk_size (curves per device call: 128 on the CPU,
-    65536 on an accelerator), workers (chunks in flight at once: 2 on the CPU, 1 on an
-    accelerator).
-    Raises ValueError only for malformed t/y/mask; every curve gets a `FitStatus`.
+    NaN/inf points are treated as missing. settings: a `FitSettings` (default FitSettings());
+    options: any of its fields by name (n_starts, ..., b_grid, u_grid, chunk_size, workers),
+    replacing the one in settings. The result's `settings` says what the fit ran with.
+    Raises ValueError only for malformed t/y/mask or settings, TypeError for an unknown
+    option; every curve gets a `FitStatus`.
     """
     t, y, use = validate_curves(t, y, mask)
-    settings = {k: int(options.pop(k, v)) for k, v in DEFAULT_SETTINGS.items()}
-    cpu = jax.default_backend() == "cpu"
-    # CPU: small chunks stay in cache, and two in flight at once keep both cores busy
-    # (_run_chunks); 128 x 2 measured 1.3x faster per curve than 512 x 1, 512 x 1 2.2x faster
-    # than 4096 x 1
-    chunk = int(options.pop("chunk_size", 128 if cpu else 65536))
-    workers = int(options.pop("workers", 2 if cpu else 1))
-    if chunk < 1 or workers < 1:
-        raise ValueError(f"chunk_size and workers must be >= 1, got {chunk} and {workers}")
-    b_grid = np.asarray(options.pop("b_grid", np.r_[B_MIN, np.geomspace(0.03, 500.0, 23)]))
-    u_grid = np.asarray(options.pop("u_grid", np.log(np.geomspace(1e-7, 30.0, 19))))
-    if options:
-        raise TypeError(f"unknown options {sorted(options)}")
+    settings = FitSettings.from_options(settings, **options)
     N, n = y.shape
     npts = use.sum(1)
     status = np.full(N, FitStatus.CONVERGED, dtype=np.int64)
 
     # normalisation (per curve, over usable points); pathological curves get a dummy row
-    with np.errstate(all="ignore"):
-        a = np.min(np.where(use, t, np.inf), 1)
-        s = np.max(np.where(use, t, -np.inf), 1) - a
-        lo = np.min(np.where(use, y, np.inf), 1)
-        yr = np.max(np.where(use, y, -np.inf), 1) - lo
+    scale = curve_scale(t, y, use)
+    yr = scale[:, 3]
     few = npts < MIN_POINTS
     status[few] = FitStatus.TOO_FEW_POINTS
     status[~few & ~np.isfinite(yr)] = FitStatus.NON_FINITE_INPUT
     status[~few & np.isfinite(yr) & (yr == 0)] = FitStatus.CONSTANT
     live = status == FitStatus.CONVERGED
-    with np.errstate(all="ignore"):
-        tn = np.where(use, (t - a[:, None]) / s[:, None], 0.0)
-        yn = np.where(use, (y - lo[:, None]) / yr[:, None], 0.0)
+    tn, yn = normalise_points(t, y, scale, use)
     w = use.astype(np.float64)
     tn[~live], yn[~live], w[~live] = _dummy_curve(n), _dummy_curve(n), 1.0
-    scale = np.stack([a, s, lo, yr], 1)
+    lo = scale[:, 2].copy()  # the data's minimum, for constant curves
     scale[~live] = (0.0, 1.0, 0.0, 1.0)
 
     # at least 32 rows: small batches (tests, one model's layers) share one compiled function;
     # a batch smaller than workers chunks is split so that every worker gets one
+    workers = settings.workers
     nb = bucket_size(n)
-    cb = min(bucket_size(-(-N // workers), lo=32), bucket_size(chunk))
-    key = (nb, cb, tuple(settings.values()), b_grid.tobytes(), u_grid.tobytes())
+    cb = min(bucket_size(-(-N // workers), lo=32), bucket_size(settings.chunk_size))
+    key = (settings.compiled_part(), nb, cb)
+    grids = settings.grids()
     t_compile = 0.0
     with jax.enable_x64(True):
         fn = _COMPILED.get(key)
         if fn is None:
             t0 = time.perf_counter()
-            jitted = jax.jit(lambda *args: fit_batch(*args, **settings))
+            solver = settings.solver()
+            jitted = jax.jit(lambda *args: fit_batch(*args, **solver))
             spec = [jax.ShapeDtypeStruct((cb, nb), jnp.float64)] * 3
-            spec += [jax.ShapeDtypeStruct(b_grid.shape, jnp.float64)]
-            spec += [jax.ShapeDtypeStruct(u_grid.shape, jnp.float64)]
+            spec += [jax.ShapeDtypeStruct(g.shape, jnp.float64) for g in grids]
             fn = _compile(jitted.lower(*spec))
             _COMPILED[key] = fn
             t_compile = time.perf_counter() - t0
     t0 = time.perf_counter()
-    grids = (b_grid.astype(np.float64), u_grid.astype(np.float64))
     outs = _run_chunks(fn, (tn, yn, w), cb, nb, grids, workers)
     t_run = time.perf_counter() - t0
     z, sse, n_iter, conv, jtj = (np.concatenate(x) for x in zip(*outs))
@@ -385,5 +375,5 @@ def fit_trajectories(t, y, mask=None, **options) -> FitResult:
         n_iter=n_iter.astype(np.int64), status=status, t_peak=tp,
         peak_observable=(tp > 0) & (tp <= t_last), stderr=stderr,
         compile_seconds=t_compile, run_seconds=t_run, cov=cov, n_points=npts,
-        stderr_reparam=stderr_rep, degenerate=degenerate,
+        stderr_reparam=stderr_rep, degenerate=degenerate, settings=settings,
     )  # fmt: skip

@@ -24,11 +24,17 @@ import pandas as pd
 
 from . import _formulas
 from ._core import bounded_step
-from ._fit import bucket_size, fit_trajectories, information_criteria, validate_curves
+from ._fit import MIN_POINTS, bucket_size, fit_trajectories, information_criteria, validate_curves
 from ._formulas import from_reparam
+from ._normalise import curve_scale, normalise_points, normalise_reparam
 
 HYPOTHESES = ("eq9", "eq14", "step1", "step2_under", "step2_critical", "step2_over")
 
+# This fitter keeps its own small constants, not `FitSettings` (a plain bounded LM per
+# hypothesis, not the Eq. 14 solver): the bounds and starts of `_STEPS` and `_EQ9_*` below, LM
+# damping starting at 1e-3 and scaled x0.3 on an accepted step, x4 on a rejected one
+# (`_lm_batch`), 40 LM steps for the step responses (`fit_hypotheses(n_iter=)`) and
+# `_EQ9_ITER` for Eq. 9. Eq. 14 itself is `fit_trajectories` with its default FitSettings.
 _INF = np.inf
 # name -> (model, lower, upper, starts) on normalised data
 _STEPS = {
@@ -122,13 +128,8 @@ def _eq9_starts(rep, scale, tn, w):
     (A2 exact, the log term slightly off) and (2) at +-30 with K absorbing the A2 left out
     (exact as beta -> 0); (3) the paper's initial guess. Non-finite starts -> the guess.
     """
-    a, s, lo, yr = scale.T
-    beta, tau0, A1, A2, K = rep.T
+    zn = normalise_reparam(rep, scale)
     with np.errstate(all="ignore"):
-        g = yr * np.exp(beta * a)
-        zn = np.stack(
-            [beta * s, (tau0 + a) / s, A1 / g, A2 / g + A1 / g * np.log(s), (K - lo) / yr], -1
-        )
         exact = from_reparam(zn)
         ratio = zn[:, 3] / zn[:, 2]
         big = zn.copy()
@@ -175,22 +176,17 @@ def fit_hypotheses(t, y, mask=None, *, fit=None, n_iter: int = 40) -> pd.DataFra
     with np.errstate(all="ignore"):
         mean = np.sum(np.where(use, y, 0.0), 1) / npts
         sst = np.sum(np.where(use, (y - mean[:, None]) ** 2, 0.0), 1)
-        a = np.min(np.where(use, t, np.inf), 1)
-        s = np.max(np.where(use, t, -np.inf), 1) - a
-        lo = np.min(np.where(use, y, np.inf), 1)
-        yr = np.max(np.where(use, y, -np.inf), 1) - lo
-    live = (npts >= 6) & np.isfinite(yr) & (yr > 0)
+    scale = curve_scale(t, y, use)
+    yr = scale[:, 3]
+    live = (npts >= MIN_POINTS) & np.isfinite(yr) & (yr > 0)
     sse = {"eq14": np.where(live, fit.sse, np.nan)}
-    with np.errstate(all="ignore"):
-        tn = np.where(use & live[:, None], (t - a[:, None]) / s[:, None], 0.0)
-        yn = np.where(use & live[:, None], (y - lo[:, None]) / yr[:, None], 0.0)
+    tn, yn = normalise_points(t, y, scale, use & live[:, None])
     w = (use & live[:, None]).astype(float)
     nb, cb = bucket_size(n), bucket_size(N, lo=32)
     pad = [np.zeros((cb, nb)) for _ in range(3)]
     for dst, src in zip(pad, (tn, yn, w)):
         dst[:N, :n] = src
     n_par = {"eq9": 5, "eq14": 5}
-    scale = np.stack([a, s, lo, yr], 1)
     starts9 = np.zeros((cb, 4, 5)) + [1.0, 3.0, 1.0, 1.0, 0.5]
     starts9[:N] = _eq9_starts(fit.reparam, scale, tn, w)
     _, sse9 = _run_lm("eq9", _formulas.jcurve, *pad, starts9, _EQ9_LO, _EQ9_HI, _EQ9_ITER)

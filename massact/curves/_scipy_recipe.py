@@ -3,7 +3,7 @@
 scipy.optimize.curve_fit(method="trf") with the analytic Jacobian, the paper's initial guess
 (A = range(y), K = min(y) + A/2, lam = 1/std(t), gamma = 1/range(t), t0 = 1), the bound
 lam >= 0 (beta >= 0 in Eq. 14), data normalised first and parameters scaled back. The
-normalisation is the one `fit_trajectories` uses (t -> (t - t_min) / range(t),
+normalisation is the one `fit_trajectories` uses (`_normalise`: t -> (t - t_min) / range(t),
 y -> (y - y_min) / range(y)), so SSEs compare like for like.
 """
 
@@ -15,22 +15,14 @@ import numpy as np
 from scipy.optimize import OptimizeWarning, least_squares
 
 from ._formulas import curve, curve_reparam, from_reparam, jacobian, jacobian_reparam, to_reparam
+from ._normalise import curve_scale, denormalise_reparam, normalise_points
 
 
 def normalise(t: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple]:
     """One curve's usable points -> (t_n, y_n, (t_min, t_range, y_min, y_range))."""
-    a, s = t.min(), t.max() - t.min()
-    lo, yr = y.min(), y.max() - y.min()
-    return (t - a) / s, (y - lo) / yr, (a, s, lo, yr)
-
-
-def denormalise_reparam(rn: np.ndarray, scale: tuple) -> np.ndarray:
-    """Eq. 14 parameters fitted on normalised data -> parameters in the data's units."""
-    a, s, lo, yr = scale
-    b, tau, A1, A2, K = rn
-    with np.errstate(over="ignore", invalid="ignore"):
-        g = yr * np.exp(b * a / s)
-        return np.array([b / s, s * tau - a, g * A1, g * (A2 - A1 * np.log(s)), lo + yr * K])
+    scale = curve_scale(t, y)
+    t_n, y_n = normalise_points(t, y, scale)
+    return t_n, y_n, tuple(scale)
 
 
 def paper_guess(t_n: np.ndarray, y_n: np.ndarray) -> np.ndarray:

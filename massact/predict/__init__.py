@@ -1,13 +1,20 @@
 """Prediction: curve parameters from the architecture alone (the paper's Tables 3-4, Figs. 9-10).
 
-Modules: `_config` (an HF config.json -> the architecture row), `_models` (features, target
-transforms, model selection, the saved Predictor), `_explain` (SHAP and partial dependence).
-Imports: massact.curves (parameter names, Eq. 13); scikit-learn, xgboost, shap.
+Modules: `_config` (an HF config.json -> the architecture row), `_features` (Table 4 features,
+target transforms, model and split names), `_predictor` (Predictor: predictions, tables, save and
+load; `metric_table`), `_selection` (splits, cross-validation, `train_predictors`), `_explain`
+(SHAP and partial dependence of any predictor-like object).
+Imports, one way: `_selection` -> `_predictor` -> `_features`, `_config`, `_explain`; of massact,
+only massact.curves (PARAM_NAMES, Eq. 9, Eq. 13). scikit-learn, xgboost, shap on first use.
 """
 
 from ._config import arch_from_config as arch_from_config
-from ._models import FEATURES as FEATURES
-from ._models import Predictor as Predictor
-from ._models import architecture_features as architecture_features
-from ._models import predict_from_config as predict_from_config
-from ._models import train_predictors as train_predictors
+from ._features import FEATURES as FEATURES
+from ._features import MODELS as MODELS
+from ._features import SPLITS as SPLITS
+from ._features import TargetTransform as TargetTransform
+from ._features import architecture_features as architecture_features
+from ._predictor import Predictor as Predictor
+from ._predictor import metric_table as metric_table
+from ._predictor import predict_from_config as predict_from_config
+from ._selection import train_predictors as train_predictors

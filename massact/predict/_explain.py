@@ -1,24 +1,33 @@
 """Why a Predictor predicts what it does: SHAP values and partial dependence (paper Figs. 9-10).
 
-Functions of a fitted `Predictor` (its best tree model per parameter, `tree_models`, and training
+Functions of a fitted predictor (its best tree model per parameter, `tree_models`, and training
 features `X`); `Predictor.shap_values` / `shap_importance` / `shap_figures` / `pdp_figures`
-delegate here. shap, matplotlib and sklearn.inspection are imported on first use only: importing
-the prediction stage must stay cheap.
+delegate here. The predictor is taken by what it holds (`Explainable`), so this module does not
+import `_predictor`. shap, matplotlib and sklearn.inspection are imported on first use only:
+importing the prediction stage must stay cheap.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
-if TYPE_CHECKING:
-    from ._models import Predictor
+
+class Explainable(Protocol):
+    """What the explanations read of a `Predictor` (and fill: the `_shap` cache)."""
+
+    features: list[str]
+    X: pd.DataFrame | None  # training features, [n_used, n_features]
+    keys: pd.DataFrame | None  # model, layer of each training row
+    tree_models: dict[str, Any]  # param -> fitted tree model
+    best_tree: dict[str, str]  # param -> its model name
+    _shap: dict[str, Any]  # param -> shap.Explanation, a cache
 
 
-def shap_values(pred: Predictor) -> dict:
+def shap_values(pred: Explainable) -> dict:
     """param -> shap.Explanation of its best tree model over the training features.
 
     Cached on `pred._shap` (not pickled: recomputed after load)."""
@@ -36,13 +45,13 @@ def shap_values(pred: Predictor) -> dict:
     return pred._shap
 
 
-def shap_importance(pred: Predictor) -> pd.DataFrame:
+def shap_importance(pred: Explainable) -> pd.DataFrame:
     """Mean |SHAP| per feature (rows, in `pred.features` order) x parameter (columns)."""
     sv = shap_values(pred)
     return pd.DataFrame({p: np.abs(e.values).mean(0) for p, e in sv.items()}, pred.features)
 
 
-def shap_figures(pred: Predictor, out_dir) -> list[Path]:
+def shap_figures(pred: Explainable, out_dir) -> list[Path]:
     """Beeswarm and bar per parameter, one waterfall (K's highest prediction, as Fig. 9b)."""
     import shap
 
@@ -68,7 +77,7 @@ def shap_figures(pred: Predictor, out_dir) -> list[Path]:
     return paths
 
 
-def pdp_figures(pred: Predictor, out_dir, top: int = 3) -> list[Path]:
+def pdp_figures(pred: Explainable, out_dir, top: int = 3) -> list[Path]:
     """Partial dependence of each parameter's best tree model on its `top` SHAP features."""
     from sklearn.inspection import PartialDependenceDisplay
 

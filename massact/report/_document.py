@@ -11,6 +11,8 @@ tables/*.csv         Tables 1, 2, 3, 5 as CSV
 provenance.json      versions, seed, git commit, device, wall time per stage
 report.md, report.html (figures embedded as base64)
 ```
+The tables come from `_tables`, the figures from `_figures` (`all_figures` lists them with
+their captions) and the predictor's own SHAP / partial-dependence figures.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,165 +28,21 @@ import numpy as np
 import pandas as pd
 
 from . import _figures
+from ._tables import (
+    fit_frame,
+    html_table,
+    markdown_table,
+    row_best,
+    table1,
+    table2,
+    table3,
+    table5,
+)
 
 if TYPE_CHECKING:
     from ..curves import FitResult
     from ..dataset import Dataset, Trajectories
     from ..predict import Predictor
-
-PARAMS = ("A", "lam", "gamma", "t0", "K")
-
-
-# --------------------------------------------------------------------------- tables
-
-
-def _fmt(value: Any, floatfmt: str) -> str:
-    if isinstance(value, float | np.floating):
-        if math.isnan(value):
-            return "–"
-        return format(float(value), floatfmt)
-    return str(value)
-
-
-def markdown_table(
-    frame: pd.DataFrame, *, floatfmt: str = ".4f", bold: pd.DataFrame | None = None
-) -> str:
-    """GitHub markdown table of `frame` (index as the first column). `bold`: same-shape bools.
-
-    pandas' to_markdown needs `tabulate`, which massact does not depend on.
-    """
-    head = [str(frame.index.name or ""), *map(str, frame.columns)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
-    rows = frame.itertuples(index=False, name=None)  # keeps each column's dtype
-    for r, (idx, row) in enumerate(zip(frame.index, rows)):
-        cells = [str(idx)]
-        for c, value in enumerate(row):
-            text = _fmt(value, floatfmt).replace("|", "\\|")
-            if bold is not None and bool(bold.iat[r, c]):
-                text = f"**{text}**"
-            cells.append(text)
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def html_table(
-    frame: pd.DataFrame, *, floatfmt: str = ".4f", bold: pd.DataFrame | None = None
-) -> str:
-    head = [str(frame.index.name or ""), *map(str, frame.columns)]
-    out = ["<table>", "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
-    rows = frame.itertuples(index=False, name=None)
-    for r, (idx, row) in enumerate(zip(frame.index, rows)):
-        cells = [f"<td>{html.escape(str(idx))}</td>"]
-        for c, value in enumerate(row):
-            text = html.escape(_fmt(value, floatfmt))
-            if bold is not None and bool(bold.iat[r, c]):
-                text = f"<b>{text}</b>"
-            cells.append(f"<td>{text}</td>")
-        out.append("<tr>" + "".join(cells) + "</tr>")
-    out.append("</table>")
-    return "\n".join(out)
-
-
-def _row_best(frame: pd.DataFrame, largest: bool = True) -> pd.DataFrame:
-    """Bold mask: the best value in each row, over the numeric columns only."""
-    values = frame.apply(pd.to_numeric, errors="coerce")
-    best = values.max(axis=1) if largest else values.min(axis=1)
-    return values.eq(best, axis=0) & values.notna()
-
-
-def fit_frame(traj: Trajectories, fit: FitResult) -> pd.DataFrame:
-    """Trajectory keys joined with the per-curve fit table."""
-    frame = fit.to_frame().reset_index(drop=True)
-    keys = traj.keys.reset_index(drop=True)
-    dup = [c for c in keys.columns if c in frame.columns]
-    return pd.concat([keys, frame.drop(columns=dup)], axis=1)
-
-
-def table1(traj: Trajectories, fit: FitResult) -> pd.DataFrame:
-    """Table 1: mean R^2 of the Eq. 9 fit per model (over curves whose fit converged)."""
-    ok = _figures.fitted(fit)
-    models = _figures.model_order(keys=traj.keys)
-    names = traj.keys["model"].astype(str).to_numpy()
-    rows = {}
-    for m in [*models, "all"]:
-        sel = np.ones_like(ok) if m == "all" else names == m
-        r2 = fit.r2[sel & ok]
-        rows[m] = {
-            "layers": int(sel.sum()),
-            "fitted": int((sel & ok).sum()),
-            "mean R²": float(np.mean(r2)) if r2.size else np.nan,
-            "min R²": float(np.min(r2)) if r2.size else np.nan,
-        }
-    frame = pd.DataFrame.from_dict(rows, orient="index")
-    frame.index.name = "model"
-    return frame
-
-
-def table2(dataset: Dataset) -> pd.DataFrame:
-    """Table 2: variability of the ratio across sequences (from `variability_table`)."""
-    from ..dataset import variability_table
-
-    frame = variability_table(dataset)
-    if "model" in frame.columns:
-        frame = frame.set_index("model")
-    order = [m for m in _figures.model_order(dataset) if m in frame.index]
-    frame = frame.loc[order + [m for m in frame.index if m not in order]]
-    names = {"cv_pct": "CV%", "sem_pct": "SEM%", "ci95_pct": "95% CI ±%"}
-    frame = frame.rename(columns=names)
-    if "suite" in frame.columns and frame["suite"].nunique() <= 1:
-        frame = frame.drop(columns="suite")
-    frame.index.name = "model"
-    return frame
-
-
-def _hyp_models(hyp: pd.DataFrame, traj: Trajectories) -> pd.Series:
-    if "model" in hyp.columns:
-        return hyp["model"].astype(str)
-    names = traj.keys["model"].astype(str).to_numpy()
-    for col in ("curve", "series", "index", "row"):
-        if col in hyp.columns:
-            return pd.Series(names[hyp[col].to_numpy(int)], index=hyp.index)
-    raise ValueError("hypotheses table has no 'model' or 'curve' column to group by")
-
-
-def table5(hyp: pd.DataFrame, traj: Trajectories) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Table 5: mean R^2 and mean AIC per hypothesis (rows) and model (columns), plus 'all'."""
-    frame = hyp.assign(model=_hyp_models(hyp, traj).to_numpy())
-    models = [m for m in _figures.model_order(keys=traj.keys) if m in set(frame["model"])]
-    hyps = list(dict.fromkeys(frame["hypothesis"].astype(str)))
-    out = []
-    for col in ("r2", "aic"):
-        values = frame[col].astype(float).where(np.isfinite(frame[col].astype(float)))
-        by = values.groupby([frame["hypothesis"].astype(str), frame["model"]]).mean()
-        wide = by.unstack("model").reindex(index=hyps, columns=models)
-        wide["all"] = values.groupby(frame["hypothesis"].astype(str)).mean().reindex(hyps)
-        wide.index.name = "hypothesis"
-        wide.columns.name = None
-        out.append(wide)
-    return out[0], out[1]
-
-
-def table3(frame: pd.DataFrame, metric: str = "r2") -> pd.DataFrame:
-    """Table 3 in the paper's form (parameter rows, a Transform column, then one column per
-    regression model in the predictor's order) from a Predictor table, long (param, model and
-    metric columns) or already wide. Raises StopIteration when `metric` is absent."""
-    if {"param", "model"} <= set(frame.columns):
-        col = next(c for c in frame.columns if c.lower() in {metric, f"test_{metric}"})
-        models = list(dict.fromkeys(frame["model"]))
-        wide = frame.pivot_table(index="param", columns="model", values=col, aggfunc="mean")
-        order = [p for p in PARAMS if p in wide.index]
-        wide = wide.reindex(index=order + [p for p in wide.index if p not in order])
-        wide = wide.reindex(columns=models)
-        if "transform" in frame.columns:
-            kinds = frame.drop_duplicates("param").set_index("param")["transform"]
-            wide.insert(0, "transform", kinds.reindex(wide.index).astype(str))
-        wide.index.name = "parameter"
-        wide.columns.name = None
-        return wide
-    return frame
-
-
-# --------------------------------------------------------------------------- report
 
 
 class _Doc:
@@ -258,6 +115,54 @@ def _predictor_figures(predictor: Predictor, fig_dir: Path) -> list[Path]:
     return paths
 
 
+def all_figures(
+    out_dir: str | Path,
+    dataset: Dataset,
+    traj: Trajectories,
+    fit: FitResult | None,
+    *,
+    max_trajectory_models: int = 4,
+) -> dict[str, Any]:
+    """Every figure the report shows: name -> (path, caption). Skips fit figures without a fit."""
+    out = Path(out_dir)
+    figs: dict[str, Any] = {}
+    figs["fig2"] = (
+        _figures.fig_final_ratio(dataset, out / "fig2_final_ratio.png"),
+        "Fig. 2: parameter count vs the final top1/median ratio (max over layers, last step).",
+    )
+    figs["fig3"] = (
+        _figures.fig_top_activations(dataset, out / "fig3_top_activations.png"),
+        "Fig. 3: top-1..3 activations and median per layer at the first (dashed) and last "
+        "(solid) step.",
+    )
+    order = _figures.model_order(dataset)
+    for model in _figures.pick_models(order, max_trajectory_models):
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in model)
+        figs[f"fig4_{safe}"] = (
+            _figures.fig_ratio_trajectories(dataset, out / f"fig4_trajectories_{safe}.png", model),
+            f"Fig. 4: top-1..3 to median ratios during training, {model}, one panel per layer.",
+        )
+    figs["fig5"] = (
+        _figures.fig_peak_heatmaps(traj, out / "fig5_peak_heatmaps.png"),
+        "Fig. 5: peak ratio (a) and step of the peak (b) by relative depth and model (data).",
+    )
+    if fit is not None:
+        figs["fig6"] = (
+            _figures.fig_fit_examples(traj, fit, out / "fig6_fit_examples.png"),
+            "Fig. 6: data and Eq. 9 fits (95% band) for a shallow, middle and deep layer.",
+        )
+        figs["fig7"] = (
+            _figures.fig_r2(traj, fit, out / "fig7_r2.png"),
+            "Fig. 7: coefficients of determination of the trajectory fits.",
+        )
+        figs["fig8"] = (
+            _figures.fig_t_peak(fit, out / "fig8_t_peak.png", last_step=float(np.max(traj.t))),
+            "Fig. 8: t_peak (Eq. 13) over (λ, γ) with t0 fixed at the median fitted value; "
+            "masked where no peak is observable.",
+        )
+    return figs
+
+
 def write_report(
     out: str | Path,
     dataset: Dataset,
@@ -297,13 +202,13 @@ def write_report(
     doc.heading("Fits of Eq. 9")
     if fit is not None:
         fit_frame(traj, fit).to_parquet(out / "fits.parquet", index=False)
-        status = pd.Series(fit.status).value_counts().sort_index()
+        status = ", ".join(f"{name} {n}" for name, n in fit.status_counts().items())
         doc.para(
             f"{int(_figures.fitted(fit).sum())} of {len(fit.r2)} curves fitted, "
             f"{int((fit.ok() & ~fit.degenerate).sum())} with usable Eq. 9 parameters "
             f"(used for prediction; {int(fit.degenerate.sum())} degenerate: the curve is fitted "
             "but A, lam, gamma, t0 are ill-determined) "
-            f"(status counts: {dict((int(k), int(v)) for k, v in status.items())}); "
+            f"(status counts: {status}); "
             f"compile {fit.compile_seconds:.2f} s, run {fit.run_seconds:.2f} s."
         )
         doc.table(
@@ -355,7 +260,7 @@ def write_report(
                     wide = table3(frame, metric)
                 except StopIteration:
                     continue
-                best = _row_best(wide, largest=metric == "r2")
+                best = row_best(wide, largest=metric == "r2")
                 doc.table(
                     wide,
                     f"Table 3 ({metric.upper()}, test set). {caption}; best in bold.",
@@ -368,7 +273,7 @@ def write_report(
         pred_figs = _predictor_figures(predictor, fig_dir)
 
     doc.heading("Figures")
-    for path, caption in _figures.all_figures(fig_dir, dataset, traj, fit).values():
+    for path, caption in all_figures(fig_dir, dataset, traj, fit).values():
         doc.figure(Path(path), caption, out)
     pred_figs = [p for p in pred_figs if p.suffix.lower() == ".png" and p.exists()]
     if pred_figs:

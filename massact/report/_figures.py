@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -319,16 +319,14 @@ def fig_r2(traj: Trajectories, fit: FitResult, path: str | Path) -> Path:
 
 
 def t_peak_grid(lam: np.ndarray, gamma: np.ndarray, t0: float) -> np.ndarray:
-    """Eq. 13 on a grid: t_peak[i, j] for lam[j], gamma[i]; NaN where t_peak <= 0.
+    """Eq. 13 (massact.curves.t_peak) on a grid: t_peak[i, j] for lam[j], gamma[i]; NaN where
+    t_peak <= 0 (or lam <= 0: no peak)."""
+    from ..curves import t_peak
 
-    exp(W(1/lam)) = 1 / (lam W(1/lam)), so t_peak = (1/(lam W(1/lam)) - t0) / gamma.
-    """
-    from scipy.special import lambertw
-
-    lam = np.asarray(lam, float)
-    w = lambertw(1.0 / lam).real
-    x_peak = 1.0 / (lam * w)
-    tp = (x_peak[None, :] - t0) / np.asarray(gamma, float)[:, None]
+    lam, gamma = np.asarray(lam, float), np.asarray(gamma, float)
+    params = np.zeros((gamma.size, lam.size, 5))
+    params[..., 1], params[..., 2], params[..., 3] = lam[None, :], gamma[:, None], t0
+    tp = t_peak(params)
     return np.where(tp > 0, tp, np.nan)
 
 
@@ -375,51 +373,3 @@ def fig_t_peak(
     if lam_f.size:
         ax.legend(fontsize=7, loc="lower left")
     return _save(fig, path)
-
-
-def all_figures(
-    out_dir: str | Path,
-    dataset: Dataset,
-    traj: Trajectories,
-    fit: FitResult | None,
-    *,
-    max_trajectory_models: int = 4,
-) -> dict[str, Any]:
-    """Every figure the report shows: name -> (path, caption). Skips fit figures without a fit."""
-    out = Path(out_dir)
-    figs: dict[str, Any] = {}
-    figs["fig2"] = (
-        fig_final_ratio(dataset, out / "fig2_final_ratio.png"),
-        "Fig. 2: parameter count vs the final top1/median ratio (max over layers, last step).",
-    )
-    figs["fig3"] = (
-        fig_top_activations(dataset, out / "fig3_top_activations.png"),
-        "Fig. 3: top-1..3 activations and median per layer at the first (dashed) and last "
-        "(solid) step.",
-    )
-    order = model_order(dataset)
-    for model in pick_models(order, max_trajectory_models):
-        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in model)
-        figs[f"fig4_{safe}"] = (
-            fig_ratio_trajectories(dataset, out / f"fig4_trajectories_{safe}.png", model),
-            f"Fig. 4: top-1..3 to median ratios during training, {model}, one panel per layer.",
-        )
-    figs["fig5"] = (
-        fig_peak_heatmaps(traj, out / "fig5_peak_heatmaps.png"),
-        "Fig. 5: peak ratio (a) and step of the peak (b) by relative depth and model (data).",
-    )
-    if fit is not None:
-        figs["fig6"] = (
-            fig_fit_examples(traj, fit, out / "fig6_fit_examples.png"),
-            "Fig. 6: data and Eq. 9 fits (95% band) for a shallow, middle and deep layer.",
-        )
-        figs["fig7"] = (
-            fig_r2(traj, fit, out / "fig7_r2.png"),
-            "Fig. 7: coefficients of determination of the trajectory fits.",
-        )
-        figs["fig8"] = (
-            fig_t_peak(fit, out / "fig8_t_peak.png", last_step=float(np.max(traj.t))),
-            "Fig. 8: t_peak (Eq. 13) over (λ, γ) with t0 fixed at the median fitted value; "
-            "masked where no peak is observable.",
-        )
-    return figs

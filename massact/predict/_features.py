@@ -1,0 +1,119 @@
+"""What is predicted from what: architecture features, target transforms, model and split names.
+
+- Layer index: l = layer + 1 (1-based), so l/L lies in (0, 1] and is 1 for the last layer.
+- Features: the ten of the paper's Table 4 (always), plus raw L, d, H, d_ff and the rotary settings
+  only where they vary in the training data (a constant column carries no information; the choice
+  is made in `_selection.train_predictors`).
+- Targets: the five parameters of Eq. 9, in massact.curves.PARAM_NAMES order. log1p for A, lam,
+  gamma, t0 when all their values are >= 0; a sign-safe sign(x) log1p(|x|) ("slog1p", equal to
+  log1p for x >= 0) when some are negative; Yeo-Johnson for K. Then standardised. No parameter is
+  a feature of another.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+DERIVED: list[str] = [
+    "l/L", "(l/L)^2", "(l/L)^3", "sqrt(l/L)", "H/d", "d_ff/d", "d/L", "H/L", "log(d)", "l*L",
+]  # fmt: skip
+RAW: list[str] = ["L", "d", "H", "d_ff", "rotary_pct", "rotary_base"]
+FEATURES: list[str] = DERIVED + RAW
+MODELS: tuple[str, ...] = ("Ridge", "Lasso", "RandomForest", "GradientBoosting", "XGBoost")
+TREES: tuple[str, ...] = ("RandomForest", "GradientBoosting", "XGBoost")
+SPLITS: tuple[str, ...] = ("random_split", "model_split")
+_NEEDED = ("layer", "L", "d", "H", "d_ff")
+
+
+def architecture_features(rows: pd.DataFrame) -> pd.DataFrame:
+    """Paper Table 4 features, one row per (model, layer) row of `rows`.
+
+    rows: columns layer (0-based), L, d, H, d_ff, optionally rotary_pct, rotary_base.
+    Returns the DERIVED columns and RAW columns (rotary ones only if given), same index.
+    """
+    if not isinstance(rows, pd.DataFrame):
+        raise TypeError(f"architecture_features expects a pandas DataFrame, got {type(rows)}")
+    missing = [c for c in _NEEDED if c not in rows.columns]
+    if missing:
+        raise ValueError(f"architecture rows lack columns {missing}; need {list(_NEEDED)}")
+    v = {c: pd.to_numeric(rows[c], errors="coerce").to_numpy(np.float64) for c in _NEEDED}
+    for c in _NEEDED:
+        if not np.isfinite(v[c]).all():
+            raise ValueError(f"column {c!r} has missing or non-numeric values")
+    for c in ("L", "d", "H", "d_ff"):
+        if (v[c] <= 0).any():
+            raise ValueError(f"column {c!r} must be positive")
+    if ((v["layer"] < 0) | (v["layer"] >= v["L"])).any():
+        raise ValueError("layer must be a 0-based index with 0 <= layer < L")
+    L, d, H, d_ff = v["L"], v["d"], v["H"], v["d_ff"]
+    l = v["layer"] + 1.0  # 1-based: l/L in (0, 1]
+    pos = l / L
+    out = {
+        "l/L": pos, "(l/L)^2": pos**2, "(l/L)^3": pos**3, "sqrt(l/L)": np.sqrt(pos),
+        "H/d": H / d, "d_ff/d": d_ff / d, "d/L": d / L, "H/L": H / L, "log(d)": np.log(d),
+        "l*L": l * L, "L": L, "d": d, "H": H, "d_ff": d_ff,
+    }  # fmt: skip
+    for c in ("rotary_pct", "rotary_base"):
+        if c in rows.columns:
+            out[c] = pd.to_numeric(rows[c], errors="coerce").to_numpy(np.float64)
+    return pd.DataFrame(out, index=rows.index)
+
+
+@dataclass
+class TargetTransform:
+    """Forward/inverse transform of one parameter: kind then standardisation."""
+
+    kind: str  # "log1p", "slog1p" or "yeo-johnson"
+    mean: float = 0.0
+    std: float = 1.0
+    power: object = None  # fitted sklearn PowerTransformer for yeo-johnson
+
+    def _fwd(self, y: np.ndarray) -> np.ndarray:
+        y = np.asarray(y, np.float64)
+        if self.kind == "log1p":
+            return np.log1p(y)
+        if self.kind == "slog1p":
+            return np.sign(y) * np.log1p(np.abs(y))
+        return self.power.transform(y.reshape(-1, 1)).ravel()
+
+    def fit(self, y: np.ndarray) -> TargetTransform:
+        if self.kind not in ("log1p", "slog1p", "yeo-johnson"):
+            raise ValueError(f"transform kind must be log1p, slog1p or yeo-johnson: {self.kind!r}")
+        y = np.asarray(y, np.float64)
+        if self.kind == "log1p" and (y <= -1).any():
+            raise ValueError("log1p transform needs values > -1; use kind='slog1p'")
+        if self.kind == "yeo-johnson":
+            from sklearn.preprocessing import PowerTransformer
+
+            self.power = PowerTransformer(method="yeo-johnson", standardize=False).fit(
+                y.reshape(-1, 1)
+            )
+        z = self._fwd(y)
+        self.mean, sd = float(z.mean()), float(z.std())
+        self.std = sd if sd > 0 else 1.0
+        return self
+
+    def transform(self, y: np.ndarray) -> np.ndarray:
+        return (self._fwd(y) - self.mean) / self.std
+
+    def inverse(self, z: np.ndarray) -> np.ndarray:
+        """Back to parameter units; NaN where a Yeo-Johnson prediction lies outside its range."""
+        u = np.asarray(z, np.float64) * self.std + self.mean
+        if self.kind == "log1p":
+            return np.expm1(u)
+        if self.kind == "slog1p":
+            return np.sign(u) * np.expm1(np.abs(u))
+        with np.errstate(invalid="ignore", over="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return self.power.inverse_transform(u.reshape(-1, 1)).ravel()
+
+
+def transform_kind(param: str, values: np.ndarray) -> str:
+    """The paper's transform for `param`, made sign-safe when a value is negative."""
+    if param == "K":
+        return "yeo-johnson"
+    return "log1p" if (np.asarray(values) >= 0).all() else "slog1p"

@@ -1,0 +1,239 @@
+"""The saved predictor: the best model per parameter, its predictions and its tables.
+
+`Predictor.predict` turns an architecture into per-layer Eq. 9 parameters, the steady state and
+the peak (Eq. 13, massact.curves.t_peak); `metric_table` is the param x model pivot of a
+predictor table that `Predictor.table` and the report's Table 3 both use. A Predictor is saved as
+joblib (pickle: load only files you trust) plus a JSON sidecar with the metadata.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .. import curves
+from ..curves import PARAM_NAMES
+from . import _explain
+from ._config import arch_from_config
+from ._features import MODELS, SPLITS, architecture_features
+
+
+def t_peak(lam, gamma, t0) -> np.ndarray:
+    """Eq. 13 (massact.curves.t_peak) from separate lam, gamma, t0 (arrays or scalars); NaN
+    where lam <= 0, gamma <= 0 or a value is non-finite."""
+    lam, gamma, t0 = np.broadcast_arrays(*(np.asarray(a, np.float64) for a in (lam, gamma, t0)))
+    good = (lam > 0) & (gamma > 0) & np.isfinite(lam) & np.isfinite(gamma) & np.isfinite(t0)
+    zero = np.zeros(lam.shape)
+    return np.where(good, curves.t_peak(np.stack([zero, lam, gamma, t0, zero], -1)), np.nan)
+
+
+def metric_table(
+    frame: pd.DataFrame, metric: str, models: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """param x model pivot of one metric column of a predictor table (long: param, model and
+    `metric` columns; a repeated pair is averaged). Rows in PARAM_NAMES order, then any other
+    parameter; columns in `models` order (default: the order they first appear in)."""
+    wide = frame.pivot_table(
+        index="param", columns="model", values=metric, aggfunc="mean", dropna=False
+    )
+    order = [p for p in PARAM_NAMES if p in wide.index]
+    wide = wide.reindex(index=order + [p for p in wide.index if p not in order])
+    return wide.reindex(columns=list(dict.fromkeys(frame["model"]) if models is None else models))
+
+
+@dataclass
+class Predictor:
+    """Best model per parameter refit on all usable curves, with its features and transforms.
+
+    tables: split -> tidy DataFrame, one row per (param, model): transform, r2, mae, rmse
+    (held-out test, transformed standardised space), cv_r2 (mean CV R^2 of the chosen settings),
+    settings (JSON), n_train, n_test. `table(split, metric)` pivots it to param x model.
+    splits: {"random_split": (train, test)} row indices into X (usable curves);
+    model_folds: the model split's GroupKFold (train, test) folds, also indices into X.
+    """
+
+    features: list[str]
+    seed: int = 0
+    exclusions: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+    selection_split: str = "random_split"
+    tables: dict = field(default_factory=dict)
+    splits: dict = field(default_factory=dict)
+    model_folds: list = field(default_factory=list)  # [(train, test)] GroupKFold over models
+    X: pd.DataFrame | None = None  # [n_used, n_features] training features (for SHAP, PDP)
+    keys: pd.DataFrame | None = None  # model, layer, group of each usable curve
+    transforms: dict = field(default_factory=dict)
+    models: dict = field(default_factory=dict)
+    best: dict = field(default_factory=dict)
+    tree_models: dict = field(default_factory=dict)
+    best_tree: dict = field(default_factory=dict)
+    _shap: dict = field(default_factory=dict, repr=False)
+
+    def __getstate__(self):
+        return {**self.__dict__, "_shap": {}}  # SHAP values are a cache, recomputed on demand
+
+    # ---------- prediction ----------
+    def layer_rows(self, arch: dict | pd.DataFrame) -> pd.DataFrame:
+        """One row per layer: a dict {L, d, H, d_ff, ...} or a frame of models (or of layers)."""
+        if isinstance(arch, dict):
+            arch = pd.DataFrame([arch])
+        if not isinstance(arch, pd.DataFrame):
+            raise TypeError(f"arch must be a dict or a DataFrame, got {type(arch).__name__}")
+        missing = [c for c in ("L", "d", "H", "d_ff") if c not in arch.columns]
+        if missing:
+            raise ValueError(
+                f"architecture lacks {missing}: give L, d, H, d_ff (layers, hidden size, heads, "
+                "MLP width); for a Hugging Face config.json use predict_from_config"
+            )
+        for c in ("rotary_pct", "rotary_base"):
+            if c in self.features and (c not in arch or arch[c].isna().any()):
+                raise ValueError(f"this predictor uses {c!r} (it varied in training): give it")
+        if "layer" in arch.columns:
+            return arch.reset_index(drop=True)
+        L = pd.to_numeric(arch["L"], errors="coerce")
+        if L.isna().any() or (L < 1).any() or (L != L.round()).any():
+            raise ValueError(f"L must be a positive integer, got {list(arch['L'])}")
+        reps = arch.loc[arch.index.repeat(L.astype(int))].reset_index(drop=True)
+        reps["layer"] = np.concatenate([np.arange(n) for n in L.astype(int)])
+        return reps
+
+    def predict(self, arch: dict | pd.DataFrame, *, horizon: int | None = None) -> pd.DataFrame:
+        """Per layer: predicted A, lam, gamma, t0, K, steady_state (= K, Eq. 10), t_peak (Eq. 13),
+        peak_value (f at t_peak), peak_expected: 0 < t_peak <= horizon (t_peak > 0 if no
+        horizon), and extrapolated: a feature lies outside the training range. Rows keep the
+        input's other columns (e.g. model)."""
+        if horizon is not None and not (np.isscalar(horizon) and horizon > 0):
+            raise ValueError(f"horizon must be a positive number of steps, got {horizon!r}")
+        rows = self.layer_rows(arch)
+        F = architecture_features(rows)
+        X = F[self.features].to_numpy(np.float64)
+        if not np.isfinite(X).all():
+            raise ValueError("architecture features are not finite; check L, d, H, d_ff, rotary")
+        out = rows.copy()
+        out["l/L"] = F["l/L"].to_numpy()
+        for p in PARAM_NAMES:
+            out[p] = self.transforms[p].inverse(self.models[p].predict(X))
+        out["steady_state"] = out["K"]
+        tp = t_peak(out["lam"], out["gamma"], out["t0"])
+        at = np.where(np.isfinite(tp), tp, np.nan)[:, None]
+        out["peak_value"] = curves.curve(at, out[list(PARAM_NAMES)].to_numpy(np.float64))[:, 0]
+        out["t_peak"] = tp
+        lim = np.inf if horizon is None else float(horizon)
+        out["peak_expected"] = (tp > 0) & (tp <= lim)
+        out["horizon"] = np.nan if horizon is None else float(horizon)
+        # outside the training range, trees saturate and linear models extrapolate: flag it
+        lo, hi = self.X.min().to_numpy(), self.X.max().to_numpy()
+        out["extrapolated"] = ((X < lo - 1e-9 * abs(lo)) | (X > hi + 1e-9 * abs(hi))).any(1)
+        return out
+
+    # ---------- tables ----------
+    def table(self, split: str = "random_split", metric: str = "r2") -> pd.DataFrame:
+        """param x model pivot of one metric (r2, mae, rmse, cv_r2) for one split."""
+        if split not in self.tables:
+            raise ValueError(f"split must be one of {list(self.tables)}, got {split!r}")
+        t = self.tables[split]
+        if metric not in ("r2", "mae", "rmse", "cv_r2"):
+            raise ValueError(f"metric must be r2, mae, rmse or cv_r2, got {metric!r}")
+        if t.empty:
+            return pd.DataFrame(columns=list(MODELS))
+        return metric_table(t, metric, MODELS)
+
+    def markdown(self) -> str:
+        """Table 3 analogue (test R^2, best in bold) plus MAE and RMSE, for both splits."""
+        head = {
+            "random_split": "Random 80/20 split over layers (the paper's)",
+            "model_split": "80/20 split over whole models (held-out architectures)",
+        }
+        parts = []
+        for split in SPLITS:
+            t = self.tables.get(split)
+            if t is None or t.empty:
+                why = "; ".join(n for n in self.notes if split in n) or "no rows"
+                parts.append(f"### {head[split]}\n\nnot run: {why}\n")
+                continue
+            n = f"(train {t.n_train.iloc[0]}, test {t.n_test.iloc[0]} curves)"
+            parts.append(f"### {head[split]} {n}\n")
+            kinds = t.groupby("param")["transform"].first()
+            for metric, label, best in (("r2", "test R^2", max), ("mae", "test MAE", min),
+                                        ("rmse", "test RMSE", min)):  # fmt: skip
+                w = self.table(split, metric)
+                lines = [f"| Parameter ({label}) | Transform | " + " | ".join(MODELS) + " |",
+                         "|---|---|" + "---:|" * len(MODELS)]  # fmt: skip
+                for p, r in w.iterrows():
+                    vals = r.to_numpy(np.float64)
+                    b = best(np.nan_to_num(vals, nan=-np.inf if best is max else np.inf))
+                    cells = [f"**{v:.3f}**" if v == b else f"{v:.3f}" for v in vals]
+                    lines.append(f"| {p} | {kinds[p]} | " + " | ".join(cells) + " |")
+                parts.append("\n".join(lines) + "\n")
+        sel = ", ".join(f"{p}: {m}" for p, m in self.best.items())
+        parts.append(f"Kept per parameter (best out-of-fold R^2, {self.selection_split}): {sel}.\n")
+        parts.append(f"Curves: {self.exclusions}.\n")
+        return "\n".join(parts)
+
+    # ---------- persistence ----------
+    def save(self, path) -> Path:
+        """joblib file (pickle: load only trusted files) + `<path>.json` metadata sidecar."""
+        import joblib
+        import sklearn
+        import xgboost
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        joblib.dump(self, path)
+        meta = {
+            "format": "massact.Predictor", "version": 1, "features": self.features,
+            "seed": self.seed, "best": self.best, "best_tree": self.best_tree,
+            "selection_split": self.selection_split, "exclusions": self.exclusions,
+            "notes": self.notes, "transforms": {p: t.kind for p, t in self.transforms.items()},
+            "versions": {"sklearn": sklearn.__version__, "xgboost": xgboost.__version__},
+            "tables": {s: t.to_dict(orient="records") for s, t in self.tables.items()},
+        }  # fmt: skip
+        path.with_suffix(".json").write_text(json.dumps(meta, indent=1, default=float))
+        return path
+
+    @classmethod
+    def load(cls, path) -> Predictor:
+        import joblib
+
+        path = Path(path)
+        if path.is_dir():
+            path = path / "predictor.joblib"
+        if not path.is_file():
+            raise FileNotFoundError(f"no saved predictor at {path} (written by an earlier run)")
+        obj = joblib.load(path)
+        if not isinstance(obj, cls):
+            raise TypeError(f"{path} holds a {type(obj).__name__}, not a massact Predictor")
+        return obj
+
+    # ---------- explanations (massact.predict._explain, which takes any such object) ----------
+    def shap_values(self) -> dict:
+        """param -> shap.Explanation of its best tree model over the training features."""
+        return _explain.shap_values(self)
+
+    def shap_importance(self) -> pd.DataFrame:
+        """Mean |SHAP| per feature (rows, in `features` order) x parameter (columns)."""
+        return _explain.shap_importance(self)
+
+    def shap_figures(self, out_dir) -> list[Path]:
+        """Beeswarm and bar per parameter, one waterfall (K's highest prediction, as Fig. 9b)."""
+        return _explain.shap_figures(self, out_dir)
+
+    def pdp_figures(self, out_dir, top: int = 3) -> list[Path]:
+        """Partial dependence of each parameter's best tree model on its top SHAP features."""
+        return _explain.pdp_figures(self, out_dir, top)
+
+
+def predict_from_config(
+    config: str | Path | dict, predictor_path, horizon: int | None = None
+) -> pd.DataFrame:
+    """Per-layer predictions for the architecture in `config` from a saved predictor
+    (a path, a results folder holding predictor.joblib, or a Predictor)."""
+    pred = predictor_path
+    if not isinstance(pred, Predictor):
+        pred = Predictor.load(predictor_path)
+    return pred.predict(arch_from_config(config), horizon=horizon)
