@@ -8,10 +8,20 @@ element a kernel forgets to write is caught.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
+from _cases import (
+    DTYPE_IDS,
+    DTYPES,
+    HAS_CUDA,
+    INTERPRET,
+    SHAPES,
+    SPECIAL,
+    assert_stats_equal,
+    nan_empty,
+    special,
+    strided_views,
+)
 from massact.kernels.layer_stats import (
     LEVELS,
     MAX_K,
@@ -19,30 +29,13 @@ from massact.kernels.layer_stats import (
     triton_layer_stats,
     triton_layer_stats_many,
 )
-from test_layer_stats import (
-    DTYPE_IDS,
-    DTYPES,
-    SHAPES,
-    SPECIAL,
-    assert_stats_equal,
-    special,
-    strided_views,
-)
 
 from massact import layer_stats, layer_stats_many, reference_layer_stats
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-HAS_CUDA = torch.cuda.is_available()
 DEVICES = [
     pytest.param("cpu", marks=pytest.mark.skipif(not INTERPRET, reason="needs TRITON_INTERPRET")),
     pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="CUDA")]),
 ]
-
-
-def nan_empty(shape, *, dtype, device):
-    """torch.empty that poisons: NaN for floats, -1 for ints (never a valid index)."""
-    fill = float("nan") if dtype.is_floating_point else -1
-    return torch.full(shape, fill, dtype=dtype, device=device)
 
 
 def run(h: torch.Tensor, k: int = 3, **overrides):

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _cases import HAS_CUDA, INTERPRET, assert_stats_equal
 
 # (dtype, shape, k, transposed): the two benchmark shapes in every dtype, and small odd shapes
 # (no divisibility by 16, unaligned slices, a transposed view: other plans and specialisations)
@@ -31,8 +32,6 @@ CASES = [
 ] + [("bfloat16", [3, 64, 40], 3, True), ("float16", [2, 37, 50], 1, False)]
 SM_COUNT = 132  # H100 SXM: the launch configuration (programs, tile, warps) depends on it
 ROOT = Path(__file__).resolve().parents[1]
-HAS_CUDA = torch.cuda.is_available()
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def _compile_cases(cases: list) -> list[dict]:
@@ -184,7 +183,6 @@ def test_many_tensors_offsets_from_first_tensor():
     """Slices are addressed as element offsets from the first tensor: negative offsets (other
     allocations below it), and one unaligned tensor turns the 16-byte alignment hint off."""
     from massact.kernels import layer_stats as ls
-    from test_layer_stats import assert_stats_equal
 
     from massact import reference_layer_stats
 

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _models import layer_outputs
 
 from massact.dataset import load_dataset, load_trajectories
 from massact.sources._mini_suite import (
@@ -112,17 +113,7 @@ def test_step0_stats_match_an_independent_forward(tmp_path):
 
     assert row0["input_sha256"] == hashlib.sha256(probe.numpy().tobytes()).hexdigest()
     model = build_model(arch, seed=3).eval()
-    outs = []
-    hooks = [
-        layer.register_forward_hook(
-            lambda m, i, o: outs.append(o[0] if isinstance(o, tuple) else o)
-        )
-        for layer in model.gpt_neox.layers
-    ]
-    with torch.no_grad():
-        model(input_ids=probe)
-    for h in hooks:
-        h.remove()
+    outs = layer_outputs(model, input_ids=probe, layers=model.gpt_neox.layers)
     got = ds.stats.query("step == 0")
     assert sorted(got["layer"].unique()) == list(range(arch.L))
     for layer, h in enumerate(outs):

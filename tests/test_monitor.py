@@ -6,55 +6,38 @@ a hand-written loop through transformers' CallbackHandler, TrainerState and Trai
 
 import pytest
 import torch
-from transformers import (
-    GPTNeoXConfig,
-    GPTNeoXForCausalLM,
-    Trainer,
-    TrainerCallback,
-    TrainingArguments,
-)
+from _cases import ref_stats
+from _models import layer_outputs, tiny_neox, token_ids
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import CallbackHandler, TrainerControl, TrainerState
 
 from massact import RatioMonitor, RatioMonitorCallback, reference_layer_stats
-from massact.probe._hooks import decoder_layers
 
 VOCAB, L, D = 64, 2, 32
 
 
-def tiny_model(dropout: float = 0.0) -> GPTNeoXForCausalLM:
-    torch.manual_seed(0)
-    cfg = GPTNeoXConfig(
+def tiny_model(dropout: float = 0.0):
+    """Seed 0, in train mode as built (the Trainer test records every module's flag before
+    the Trainer itself calls model.train())."""
+    return tiny_neox(
         vocab_size=VOCAB,
         hidden_size=D,
         num_hidden_layers=L,
         num_attention_heads=2,
-        intermediate_size=4 * D,
         max_position_embeddings=32,
         hidden_dropout=dropout,
+        train=True,
     )
-    return GPTNeoXForCausalLM(cfg)
 
 
 def batch(seed: int, size: int = 4, seq: int = 16) -> torch.Tensor:
-    return torch.randint(0, VOCAB, (size, seq), generator=torch.Generator().manual_seed(seed))
+    return token_ids(VOCAB, size, seq, seed)
 
 
 def reference_ratio(model, probe: torch.Tensor) -> torch.Tensor:
     """[L, batch] top1/median of each layer output, by plain hooks in eval mode."""
-    out = []
-    hooks = [
-        layer.register_forward_hook(lambda m, a, o: out.append(o.abs().flatten(-2)))
-        for layer in decoder_layers(model)
-    ]
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    with torch.no_grad():
-        model(probe)
-    for m, mode in modes:
-        m.training = mode
-    for h in hooks:
-        h.remove()
-    return torch.stack([a.max(-1).values / a.median(-1).values for a in out])
+    out = [ref_stats(h, 1) for h in layer_outputs(model, probe, eval_mode=True)]
+    return torch.stack([top[..., 0] / med for top, med in out])
 
 
 def test_monitor_records_every_n_steps_and_restores_mode():
@@ -144,24 +127,7 @@ class TokenDataset(torch.utils.data.Dataset):
 
 def hooked_reference(model, probe: torch.Tensor, k: int = 3) -> list:
     """reference_layer_stats of each decoder layer's output on `probe`, by plain hooks."""
-    outs = []
-    hooks = [
-        layer.register_forward_hook(
-            lambda m, a, o: outs.append(o[0] if isinstance(o, tuple) else o)
-        )
-        for layer in decoder_layers(model)
-    ]
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(probe)
-    finally:
-        for m, mode in modes:
-            m.training = mode
-        for h in hooks:
-            h.remove()
-    return [reference_layer_stats(h, k) for h in outs]
+    return [reference_layer_stats(h, k) for h in layer_outputs(model, probe, eval_mode=True)]
 
 
 class ReferenceProbe(TrainerCallback):

@@ -1,7 +1,8 @@
 """Probing: hooks on decoder layers of tiny random HF models, and the plain-tensor adapters.
 
-Reference statistics are computed here in pure torch (abs -> topk / median on the flattened
-[S*d] slice), independently of massact's backends; selections compare with torch.equal.
+Reference statistics are computed in pure torch (abs -> topk / median on the flattened [S*d]
+slice: _cases.ref_stats), independently of massact's backends; selections compare with
+torch.equal.
 """
 
 import gc
@@ -9,25 +10,13 @@ import weakref
 
 import pytest
 import torch
-from transformers import (
-    GPT2Config,
-    GPT2LMHeadModel,
-    GPTNeoXConfig,
-    GPTNeoXForCausalLM,
-    LlamaConfig,
-    LlamaForCausalLM,
-)
+from _cases import ref_stats
+from _models import layer_outputs, tiny_gpt2, tiny_llama, tiny_neox, token_ids
 
 from massact import LayerStats, collect_layer_stats, stats_of, transformer_lens_hook
 from massact.probe._hooks import decoder_layers
 
 VOCAB, L, D, SEQ, BATCH = 97, 3, 32, 12, 2
-
-
-def ref_stats(h: torch.Tensor, k: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pure-torch top-k values [..., k] and lower median [...] of |h| over the last two dims."""
-    a = h.detach().abs().float().flatten(-2)
-    return a.topk(k, dim=-1).values, a.median(dim=-1).values
 
 
 def assert_stats_equal(st: LayerStats, h: torch.Tensor, k: int = 3) -> None:
@@ -37,67 +26,21 @@ def assert_stats_equal(st: LayerStats, h: torch.Tensor, k: int = 3) -> None:
     assert torch.equal(st.ratio, st.top[..., 0] / st.median)
 
 
-def neox() -> GPTNeoXForCausalLM:
-    torch.manual_seed(0)
-    cfg = GPTNeoXConfig(
-        vocab_size=VOCAB,
-        hidden_size=D,
-        num_hidden_layers=L,
-        num_attention_heads=4,
-        intermediate_size=4 * D,
-        max_position_embeddings=64,
-    )
-    return GPTNeoXForCausalLM(cfg).eval()
+# the three decoder-layer layouts at this file's sizes (seed 0, eval mode)
+def neox():
+    return tiny_neox(vocab_size=VOCAB, hidden_size=D, num_hidden_layers=L)
 
 
-def gpt2() -> GPT2LMHeadModel:
-    torch.manual_seed(0)
-    cfg = GPT2Config(
-        vocab_size=VOCAB,
-        n_layer=L,
-        n_embd=D,
-        n_head=4,
-        n_positions=64,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    return GPT2LMHeadModel(cfg).eval()
+def gpt2():
+    return tiny_gpt2(vocab_size=VOCAB, n_embd=D, n_layer=L)
 
 
-def llama() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=D,
-        num_hidden_layers=L,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    return LlamaForCausalLM(cfg).eval()
+def llama():
+    return tiny_llama(vocab_size=VOCAB, hidden_size=D, num_hidden_layers=L)
 
 
 def ids(batch: int = BATCH, seq: int = SEQ, seed: int = 1) -> torch.Tensor:
-    return torch.randint(0, VOCAB, (batch, seq), generator=torch.Generator().manual_seed(seed))
-
-
-def manual_capture(model, x) -> list[torch.Tensor]:
-    """Each decoder layer's output, captured with plain forward hooks (the independent way)."""
-    caught, handles = [], []
-    for layer in decoder_layers(model):
-
-        def hook(mod, args, out):
-            caught.append((out[0] if isinstance(out, tuple) else out).detach().clone())
-
-        handles.append(layer.register_forward_hook(hook))
-    with torch.no_grad():
-        model(x)
-    for hd in handles:
-        hd.remove()
-    return caught
+    return token_ids(VOCAB, batch, seq, seed)
 
 
 def test_gptneox_last_layer_is_layer_output_not_final_norm():
@@ -113,7 +56,7 @@ def test_gptneox_last_layer_is_layer_output_not_final_norm():
     # the layer output is not the final-layer-norm output HF reports as hidden_states[-1] ...
     assert not torch.allclose(last.median, med_hs) and not torch.allclose(last.top, top_hs)
     # ... but exactly what a hook on the last layer sees
-    assert_stats_equal(last, manual_capture(model, x)[-1])
+    assert_stats_equal(last, layer_outputs(model, x)[-1])
 
 
 @pytest.mark.parametrize("build", [gpt2, llama], ids=["gpt2-transformer.h", "llama-model.layers"])
@@ -122,7 +65,7 @@ def test_other_layouts_match_manual_hooks(build):
     assert len(decoder_layers(model)) == L
     with torch.no_grad(), collect_layer_stats(model, k=2) as col:
         model(x)
-    caught = manual_capture(model, x)
+    caught = layer_outputs(model, x)
     assert [st.top.shape for st in col.passes[0]] == [torch.Size([BATCH, 2])] * L
     for st, h in zip(col.passes[0], caught, strict=True):
         assert_stats_equal(st, h, k=2)
@@ -163,7 +106,7 @@ def test_layer_subset_and_table():
     # hooks fire in execution order: layer 1 before layer L-1
     assert t["layer"].tolist()[:4] == [1, 1, L - 1, L - 1]
     assert t["sample"].tolist()[:2] == [0, 1]
-    caught = manual_capture(model, x)
+    caught = layer_outputs(model, x)
     row = t[(t["pass"] == 0) & (t["layer"] == 1) & (t["sample"] == 1)].iloc[0]
     top, med = ref_stats(caught[1][1], 4)
     assert row[["top1", "top2", "top3", "top4"]].tolist() == top.double().tolist()

@@ -10,11 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _cases import ref_stats
+from _models import layer_outputs, tiny_neox
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
+from transformers import GPTNeoXForCausalLM, PreTrainedTokenizerFast
 
 from massact.dataset import load_dataset, task_done
-from massact.probe._hooks import decoder_layers
 from massact.sources._pythia import (
     PAPER_MODELS,
     PYTHIA_ARCHS,
@@ -41,17 +42,15 @@ def tokenizer() -> PreTrainedTokenizerFast:
 
 
 def tiny_model(seed: int) -> GPTNeoXForCausalLM:
-    torch.manual_seed(seed)
-    cfg = GPTNeoXConfig(
+    return tiny_neox(
+        seed,
         vocab_size=len(WORDS) + 2,
         hidden_size=D,
         num_hidden_layers=L,
-        num_attention_heads=4,
-        intermediate_size=4 * D,
-        max_position_embeddings=64,
+        num_attention_heads=4,  # the H the architectures table must report
+        max_position_embeddings=64,  # seq_len 65 "exceeds"
         rotary_pct=0.25,
     )
-    return GPTNeoXForCausalLM(cfg).eval()
 
 
 @pytest.fixture
@@ -73,17 +72,9 @@ def pythia_root(tmp_path, monkeypatch):
 def reference_stats(folder, input_ids) -> tuple[np.ndarray, np.ndarray]:
     """[L, n] top1 and median of each layer output, with plain hooks and pure torch."""
     model = GPTNeoXForCausalLM.from_pretrained(folder).eval()
-    caught = []
-    hooks = [
-        m.register_forward_hook(lambda mod, a, o: caught.append(o.abs().flatten(-2)))
-        for m in decoder_layers(model)
-    ]
-    with torch.no_grad():
-        model(input_ids)
-    for h in hooks:
-        h.remove()
-    top = torch.stack([a.max(-1).values for a in caught]).double().numpy()
-    med = torch.stack([a.median(-1).values for a in caught]).double().numpy()
+    out = [ref_stats(h, 1) for h in layer_outputs(model, input_ids)]
+    top = torch.stack([top[..., 0] for top, _ in out]).double().numpy()
+    med = torch.stack([med for _, med in out]).double().numpy()
     return top, med
 
 
