@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench env clean
+.PHONY: run test lint bench bench-gpu env clean
 
 $(STAMP): pyproject.toml constraints.txt setup.py
 	$(PY) -m venv $(VENV)
@@ -27,8 +27,15 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# pytest-benchmark on bench/; rows appended to bench/results.jsonl, bench/RESULTS.md regenerated
+# (ARGS: --quick, -k EXPR, --results PATH, ...; see bench/__main__.py)
 bench: $(STAMP)
-	$(BIN)/python -m pytest bench -q --benchmark-only $(PYTEST_ARGS)
+	$(BIN)/python -m bench $(ARGS)
+
+# On a CUDA machine: the kernel tests incl. the CUDA-only (gpu-marked) cases, then the CUDA benchmarks
+bench-gpu: $(STAMP)
+	$(BIN)/python -m pytest -q tests/test_kernels.py tests/test_layer_stats.py -m "gpu or not gpu"
+	$(BIN)/python -m bench --device cuda $(ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
