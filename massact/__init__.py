@@ -46,6 +46,7 @@ _EXPORTS: dict[str, str] = {
     "fit_trajectories": "massact.curves",
     "FitResult": "massact.curves",
     "FitStatus": "massact.curves",
+    "FitSettings": "massact.curves",
     "fit_hypotheses": "massact.curves",
     "curve": "massact.curves",
     "train_predictors": "massact.predict",
@@ -75,6 +76,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # static tools see every public name
     from .curves import FitResult as FitResult
+    from .curves import FitSettings as FitSettings
     from .curves import FitStatus as FitStatus
     from .curves import curve as curve
     from .curves import fit_hypotheses as fit_hypotheses

@@ -260,6 +260,7 @@ def run_pipeline(settings: RunSettings, interrupted: Interrupted | None = None) 
             notes=notes,
             stage_seconds=times,
             stage_cpu_seconds=cpu,
+            fit_settings=fit.settings.as_dict() if fit is not None else None,
         )
         from .report import write_report
 

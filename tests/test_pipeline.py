@@ -109,3 +109,21 @@ def test_failed_preflight_creates_no_out_folder(tmp_path, capsys):
     assert not out.exists()
     err = capsys.readouterr().err
     assert "no such file or folder" in err and "finished work" not in err
+
+
+def test_provenance_records_the_fit_settings(tmp_path):
+    import json
+
+    from massact.curves import FitSettings
+
+    _tiny_dataset(tmp_path / "dataset")
+    argv = ["--out", str(tmp_path), "--no-progress"]
+    assert massact_run.main(argv, stages=("fit", "hypotheses", "report")) == 0
+    prov = json.loads((tmp_path / "provenance.json").read_text())
+    recorded, default = prov["fit_settings"], json.loads(json.dumps(FitSettings().as_dict()))
+    assert recorded.keys() == default.keys()
+    resolved = ("chunk_size", "workers")  # the default None is recorded as the value used
+    assert {k: v for k, v in recorded.items() if k not in resolved} == {
+        k: v for k, v in default.items() if k not in resolved
+    }
+    assert all(isinstance(recorded[k], int) and recorded[k] >= 1 for k in resolved)

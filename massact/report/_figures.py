@@ -174,10 +174,10 @@ def fig_ratio_trajectories(dataset: Dataset, path: str | Path, model: str) -> Pa
 def _layer_table(keys: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Per curve: layer index and number of layers L (from the keys, else the max layer + 1)."""
     layer = keys["layer"].to_numpy(int)
-    if "L" in keys.columns:
-        depth = keys["L"].to_numpy(int)
-    else:
-        depth = keys.groupby("model")["layer"].transform("max").to_numpy(int) + 1
+    depth = keys.groupby("model")["layer"].transform("max").to_numpy(int) + 1
+    if "L" in keys.columns:  # NaN where the dataset has no architecture row for the model
+        known = pd.to_numeric(keys["L"], errors="coerce").to_numpy(float)
+        depth = np.where(np.isfinite(known), known, depth).astype(int)
     return layer, depth
 
 
