@@ -1,7 +1,10 @@
 """The dataset of statistics over checkpoints: one Parquet file per (model, step) + manifest.
 
-Modules: `_format` (layout, schema, atomic task writes, the manifest), `_load` (Dataset,
-loading with checks, Trajectories, Table 2's variability).
+Modules: `_format` (layout, schema, atomic writes, the manifest, read_task: the one check of
+a task file against its manifest entry, used by load_dataset and by task_done on resume),
+`_load` (Dataset, loading with checks, Trajectories, Table 2's variability).
+`atomic_write_bytes` / `atomic_write_text` / `atomic_writer` are the atomic-write helper for
+every file a later run or reader relies on (derived outputs included).
 Imports: numpy, pandas, pyarrow; nothing else of massact (LayerStats arrive duck-typed).
 """
 
@@ -9,9 +12,17 @@ from ._format import ARCH_COLUMNS as ARCH_COLUMNS
 from ._format import KEY_COLUMNS as KEY_COLUMNS
 from ._format import MANIFEST_VERSION as MANIFEST_VERSION
 from ._format import PROVENANCE_COLUMNS as PROVENANCE_COLUMNS
+from ._format import TaskError as TaskError
 from ._format import add_note as add_note
+from ._format import atomic_write_bytes as atomic_write_bytes
+from ._format import atomic_write_text as atomic_write_text
+from ._format import atomic_writer as atomic_writer
+from ._format import check_task as check_task
 from ._format import frame_from_layer_stats as frame_from_layer_stats
+from ._format import read_architectures as read_architectures
 from ._format import read_manifest as read_manifest
+from ._format import read_task as read_task
+from ._format import remove_task as remove_task
 from ._format import task_done as task_done
 from ._format import task_key as task_key
 from ._format import task_path as task_path

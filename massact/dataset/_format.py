@@ -1,9 +1,14 @@
-"""Writing side of the dataset format (layout and schema: massact.dataset._load).
+"""Writing side of the dataset format (layout and schema: massact.dataset._load), and the one
+check of a task file that every reader and every resume goes through.
 
-Writes are atomic (temporary file in the same folder, then `os.replace`), and the manifest is
+Writes are atomic (`atomic_write_bytes`: temporary file in the same folder, then `os.replace`;
+the file gets the usual permissions, 0o666 less the umask), and the manifest is
 read-modified-written under a file lock, so a sweep killed at any point leaves only complete
-task files; a task counts as done once its manifest entry exists. Task writing is a pure
-function of its inputs, so a distributed engine can run (model, step) tasks anywhere and merge.
+task files. A task counts as done when its manifest entry exists and its file passes
+`read_task` (size and sha256 as recorded, then contents: columns and dtypes, model, step, rows,
+layers against the architecture table); anything else is redone on resume and skipped with a
+note at load. Task writing is a pure function of its inputs, so a distributed engine can run
+(model, step) tasks anywhere and merge.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import json
 import math
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -48,6 +54,7 @@ ARCH_COLUMNS = [
 _ARCH_INT = ["L", "d", "H", "d_ff", "n_params", "max_step"]
 _ARCH_FLOAT = ["rotary_pct", "rotary_base"]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+_MAX_STEP = 2**63 - 1  # steps are stored as int64
 TOP_COLUMN = re.compile(r"^top(\d+)$")
 
 
@@ -71,20 +78,68 @@ def task_path(root: str | os.PathLike, model: str, step: int) -> Path:
     return Path(root) / "stats" / _check_name(model) / f"step{int(step)}.parquet"
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def _umask() -> int:
+    """The process umask, read without changing it where the system allows (Linux /proc)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # elsewhere: read by setting and restoring it
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike) -> Iterator[io.BufferedWriter]:
+    """Binary file object whose contents replace `path` atomically when the block ends.
+
+    The data goes to a temporary file '.<name>.<random>.tmp' in the same folder (created with
+    the parents if needed), is flushed and fsynced, gets mode 0o666 less the umask (what a plain
+    open() would give, not mkstemp's 0600), then `os.replace`s `path`. Readers see the old file
+    or the whole new one; if the block raises (kill, full disk), the old file is untouched and
+    the temporary file removed. An OSError without a file name (ENOSPC...) gets `path` as its
+    file name, so the message says which output could not be written.
+    """
+    path = Path(path)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), 0o666 & ~_umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    except OSError as e:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if e.filename is None and e.errno is not None:
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
         raise
+    except BaseException:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the whole new one.
+
+    See `atomic_writer` (same folder temporary file, fsync, os.replace, mode 0o666 & ~umask,
+    the path named in OSErrors). Use it for every file a later run or reader relies on.
+    """
+    with atomic_writer(path) as f:
+        f.write(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
+    """`atomic_write_bytes` of `text` encoded with `encoding` (UTF-8 by default)."""
+    atomic_write_bytes(path, text.encode(encoding))
 
 
 @contextlib.contextmanager
@@ -104,23 +159,70 @@ def _locked(root: Path) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def read_manifest(root: Path) -> dict[str, Any]:
-    """The dataset manifest at root (an empty one if none); ValueError if it is not ours."""
-    path = root / "manifest.json"
+# manifest entry field -> required type (bool is refused where int is asked)
+_ENTRY_FIELDS: dict[str, type] = {
+    "file": str,
+    "rows": int,
+    "sha256": str,
+    "suite": str,
+    "model": str,
+    "step": int,
+    "provenance": dict,
+}
+
+
+_ENTRY_OPTIONAL: dict[str, type] = {"bytes": int}  # older manifests lack the file size
+_KIND = {int: "an integer", str: "a string", dict: "an object"}
+
+
+def _entry_problem(entry: object) -> str | None:
+    """Why a manifest entry does not have the fields and types write_task gives it, or None."""
+    if not isinstance(entry, dict):
+        return f"is a JSON {type(entry).__name__}, not an object"
+    for name, kind in {**_ENTRY_FIELDS, **_ENTRY_OPTIONAL}.items():
+        if name not in entry:
+            if name in _ENTRY_OPTIONAL:
+                continue
+            return f"has no {name!r} field"
+        value = entry[name]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            return f"field {name!r} is {value!r}, not {_KIND[kind]}"
+    return None
+
+
+def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
+    """The dataset manifest at root (an empty one if none).
+
+    ValueError naming the file if it is not a massact manifest: not UTF-8 JSON, not an object
+    of this version, or a task entry that is not an object with write_task's fields and types.
+    """
+    path = Path(root) / "manifest.json"
     if not path.exists():
         return {"version": MANIFEST_VERSION, "tasks": {}}
+    hint = "delete it to rebuild the dataset"
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); delete it to rebuild the dataset") from e
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not a text file (not UTF-8: {e.reason}); {hint}") from None
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); {hint}") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(
+            f"{path} is a JSON {type(manifest).__name__}, not a massact manifest (an object with "
+            f"'version' and 'tasks'); {hint}"
+        )
     if manifest.get("version") != MANIFEST_VERSION or not isinstance(manifest.get("tasks"), dict):
-        raise ValueError(f"{path} is not a massact manifest of version {MANIFEST_VERSION}")
+        raise ValueError(f"{path} is not a massact manifest of version {MANIFEST_VERSION}; {hint}")
+    for key, entry in manifest["tasks"].items():
+        problem = _entry_problem(entry)
+        if problem is not None:
+            raise ValueError(f"{path}: task entry {key!r} {problem}; {hint}")
     return manifest
 
 
 def _write_manifest(root: Path, manifest: dict[str, Any]) -> None:
     text = json.dumps(manifest, indent=1, sort_keys=True) + "\n"
-    _atomic_write_bytes(root / "manifest.json", text.encode())
+    atomic_write_bytes(root / "manifest.json", text.encode())
 
 
 def _parquet_bytes(df: pd.DataFrame) -> bytes:
@@ -212,6 +314,8 @@ def _normalise_stats(stats: pd.DataFrame) -> tuple[dict[str, Any], str, str, int
     step = int(stats["step"].iat[0])
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
+    if step > _MAX_STEP:
+        raise ValueError(f"step {step} does not fit a 64-bit integer (at most {_MAX_STEP})")
     layer = stats["layer"].to_numpy(np.int64)
     sample = stats["sample"].to_numpy(np.int64)
     if (layer < 0).any() or (sample < 0).any():
@@ -281,10 +385,11 @@ def write_task(root: str | os.PathLike, stats: pd.DataFrame, provenance: dict) -
         cols[key] = np.full(n, value, dtype=object if isinstance(value, str) else None)
     data = _table_bytes(cols)
     path = task_path(root, model, step)
-    _atomic_write_bytes(path, data)
+    atomic_write_bytes(path, data)
     entry = {
         "file": path.relative_to(root).as_posix(),
         "rows": n,
+        "bytes": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
         "suite": suite,
         "model": model,
@@ -299,10 +404,25 @@ def write_task(root: str | os.PathLike, stats: pd.DataFrame, provenance: dict) -
 
 
 def task_done(root: str | os.PathLike, model: str, step: int) -> bool:
-    """True when (model, step) is in the manifest and its file exists."""
+    """True when (model, step) is in the manifest and its file passes `read_task`.
+
+    A task whose file is missing, truncated, replaced or inconsistent with its manifest entry
+    (see `check_task` for why) is not done, so every source's resume extracts it again.
+    """
+    return check_task(root, model, step) is None
+
+
+def remove_task(root: str | os.PathLike, model: str, step: int) -> bool:
+    """Drop (model, step) from the manifest, then delete its file. True if it was there."""
     root = Path(root)
-    entry = read_manifest(root)["tasks"].get(task_key(model, step))
-    return entry is not None and (root / entry["file"]).is_file()
+    key = task_key(model, step)
+    with _locked(root):
+        manifest = read_manifest(root)
+        found = manifest["tasks"].pop(key, None) is not None
+        if found:
+            _write_manifest(root, manifest)
+    task_path(root, model, step).unlink(missing_ok=True)
+    return found
 
 
 def _normalise_arch(arch: pd.DataFrame) -> pd.DataFrame:
@@ -331,12 +451,12 @@ def write_architectures(root: str | os.PathLike, arch: pd.DataFrame) -> None:
     new = _normalise_arch(arch)
     with _locked(root):
         path = root / "architectures.parquet"
-        if path.exists():
-            old = pd.read_parquet(path)
+        old = read_architectures(root)
+        if old is not None:
             old = old[~old["model"].isin(new["model"])]
             new = pd.concat([old, new], ignore_index=True) if len(old) else new
         new = new.sort_values("model", kind="stable").reset_index(drop=True)
-        _atomic_write_bytes(path, _parquet_bytes(new))
+        atomic_write_bytes(path, _parquet_bytes(new))
 
 
 def add_note(root: str | os.PathLike, line: str) -> None:
@@ -345,9 +465,193 @@ def add_note(root: str | os.PathLike, line: str) -> None:
     line = " ".join(str(line).split())
     with _locked(root):
         path = root / "report_lines.txt"
-        lines = path.read_text().splitlines() if path.exists() else []
+        lines = _read_lines(path)
         if line not in lines:
-            _atomic_write_bytes(path, ("\n".join([*lines, line]) + "\n").encode())
+            atomic_write_bytes(path, ("\n".join([*lines, line]) + "\n").encode())
 
 
 # ----------------------------------------------------------------------------- reading
+def _read_lines(path: Path) -> list[str]:
+    """Lines of a text file (none if it does not exist); bytes that are not UTF-8 are replaced."""
+    if not path.exists():
+        return []
+    return path.read_bytes().decode("utf-8", errors="replace").splitlines()
+
+
+def read_architectures(root: str | os.PathLike) -> pd.DataFrame | None:
+    """<root>/architectures.parquet as a DataFrame, None if there is none.
+
+    ValueError naming the file if it is not a readable Parquet table with a 'model' column.
+    """
+    path = Path(root) / "architectures.parquet"
+    if not path.exists():
+        return None
+    try:
+        arch = pd.read_parquet(path)
+    except Exception as e:  # pyarrow's errors for a damaged file span ValueError, OSError, ...
+        raise ValueError(
+            f"{path} is not a readable Parquet file ({type(e).__name__}: {e}); delete it and "
+            "re-run the source that made the dataset to rebuild it"
+        ) from None
+    if "model" not in arch.columns:
+        raise ValueError(f"{path} has no 'model' column: not a massact architecture table")
+    return arch
+
+
+def _layer_counts(arch: pd.DataFrame | None) -> dict[str, int]:
+    """model -> L from an architecture table (models without a usable L are left out)."""
+    if arch is None or "L" not in arch.columns:
+        return {}
+    L = pd.to_numeric(arch["L"], errors="coerce").to_numpy(np.float64)
+    return {
+        str(m): int(n)
+        for m, n in zip(arch["model"], L, strict=True)
+        if math.isfinite(n) and n >= 1 and n == int(n)
+    }
+
+
+class TaskError(ValueError):
+    """A task file that does not match its manifest entry; the message says which and why."""
+
+
+def _read_task_bytes(path: Path, rel: str, size: int | None, sha256: str | None) -> bytes:
+    """The bytes of a task file, checked against the recorded size and sha256 when given.
+
+    Opened without blocking and refused unless it is a regular file (a FIFO is never read).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise TaskError(f"task file {rel} is missing") from None
+    except OSError as e:
+        raise TaskError(f"task file {rel} cannot be opened ({e.strerror})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise TaskError(f"task file {rel} is not a regular file")
+        if size is not None and st.st_size != size:
+            raise TaskError(
+                f"{rel} is {st.st_size} bytes, not the {size} bytes (and sha256) its manifest "
+                "records: truncated or replaced"
+            )
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read()
+    finally:
+        os.close(fd)
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise TaskError(f"{rel} does not match its manifest sha256")
+    return data
+
+
+def _layer_text(layers: np.ndarray) -> str:
+    u = np.unique(layers)
+    if len(u) <= 6:
+        return "[" + ", ".join(str(int(x)) for x in u) + "]"
+    return f"{len(u)} layers from {int(u[0])} to {int(u[-1])}"
+
+
+def _check_task_frame(
+    df: pd.DataFrame, entry: dict[str, Any], rel: str, n_layers: int | None
+) -> pd.DataFrame:
+    """The task's rows with step/layer/sample as int64 and top*/median/ratio as float64;
+    TaskError if columns, dtypes or values disagree with the manifest entry."""
+    from pandas.api import types
+
+    tops = top_columns(df.columns)
+    missing = [c for c in [*KEY_COLUMNS, "top1", "median", "ratio"] if c not in df.columns]
+    if missing:
+        raise TaskError(f"{rel} lacks the columns {missing}")
+    if len(df) != entry["rows"]:
+        raise TaskError(f"{rel} has {len(df)} rows, its manifest entry {entry['rows']}")
+    df = df.copy()
+    for c in ["step", "layer", "sample"]:
+        col = df[c]
+        if not types.is_integer_dtype(col.dtype) or types.is_bool_dtype(col.dtype):
+            raise TaskError(f"{rel}: column {c!r} is {col.dtype}, not an integer column")
+        if col.isna().any():
+            raise TaskError(f"{rel}: column {c!r} has missing values")
+        df[c] = col.to_numpy(np.int64)
+    for c in [*tops, "median", "ratio"]:
+        col = df[c]
+        dt = col.dtype
+        if not types.is_numeric_dtype(dt) or types.is_bool_dtype(dt) or types.is_complex_dtype(dt):
+            raise TaskError(f"{rel}: column {c!r} is {dt}, not a numeric column")
+        df[c] = col.to_numpy(np.float64, na_value=np.nan)
+    for c in ["suite", "model", "step"]:
+        bad = df[c] != entry[c]
+        if bad.any():
+            got = df.loc[bad, c].drop_duplicates().head(3).tolist()
+            raise TaskError(f"{rel} holds {c} {got}, its manifest entry {c} {entry[c]!r}")
+    layer, sample = df["layer"].to_numpy(), df["sample"].to_numpy()
+    if (layer < 0).any() or (sample < 0).any():
+        raise TaskError(f"{rel} has negative layer or sample indices")
+    if n_layers is not None and not np.array_equal(np.unique(layer), np.arange(n_layers)):
+        raise TaskError(
+            f"{rel} has layers {_layer_text(layer)}, the architecture table gives "
+            f"{entry['model']} {n_layers} layers (0..{n_layers - 1})"
+        )
+    if df.duplicated(["layer", "sample"]).any():
+        raise TaskError(f"{rel} has duplicate (layer, sample) rows")
+    top1, median, ratio = (df[c].to_numpy() for c in ["top1", "median", "ratio"])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bad = ~np.isclose(ratio, top1 / median, rtol=1e-4, equal_nan=True)
+    if bad.any():
+        raise TaskError(f"{rel}: ratio != top1/median in {int(bad.sum())} rows")
+    return df
+
+
+def read_task(
+    root: str | os.PathLike,
+    key: str,
+    entry: dict[str, Any],
+    *,
+    n_layers: int | None = None,
+    verify: bool = True,
+) -> pd.DataFrame:
+    """The rows of one task file, checked against its manifest entry: the one check every
+    reader (load_dataset) and every resume (task_done) goes through.
+
+    Checked: the entry's fields and that it names this key and the canonical file path
+    stats/<model>/step<N>.parquet (nothing outside the dataset is opened); the file is a regular
+    file of the recorded size and sha256 (only when `verify`); it parses as Parquet; it has the
+    columns suite, model, step, layer, sample, top1, median, ratio with integer step/layer/sample
+    and numeric top*/median/ratio; rows, suite, model and step equal the entry's; layers are
+    exactly 0..n_layers-1 when `n_layers` (the architecture table's L) is given; no duplicate
+    (layer, sample); ratio = top1/median. Raises TaskError saying what is wrong.
+    Returns the rows with step/layer/sample as int64 and top*/median/ratio as float64.
+    """
+    root = Path(root)
+    problem = _entry_problem(entry)
+    if problem is not None:
+        raise TaskError(f"manifest entry {problem}")
+    model, step = entry["model"], entry["step"]
+    if not _NAME.match(model) or not 0 <= step <= _MAX_STEP:
+        raise TaskError(f"manifest entry names model {model!r} step {step}: not a valid task")
+    if key != task_key(model, step):
+        raise TaskError(f"manifest entry describes {task_key(model, step)}, not {key}")
+    rel = f"stats/{model}/step{step}.parquet"  # task_path relative to root
+    if entry["file"] != rel:
+        raise TaskError(f"manifest entry points to {entry['file']!r}, not {rel}")
+    size = entry.get("bytes") if verify else None
+    data = _read_task_bytes(root / rel, rel, size, entry["sha256"] if verify else None)
+    try:
+        df = pd.read_parquet(io.BytesIO(data))
+    except Exception as e:  # pyarrow's errors for a damaged file span several types
+        raise TaskError(f"{rel} is not a readable Parquet file ({type(e).__name__})") from None
+    return _check_task_frame(df, entry, rel, n_layers)
+
+
+def check_task(root: str | os.PathLike, model: str, step: int) -> str | None:
+    """None when (model, step) is done (in the manifest, file passes `read_task` with the
+    architecture table's L for the model), else why not: one line."""
+    root = Path(root)
+    key = task_key(model, step)
+    entry = read_manifest(root)["tasks"].get(key)
+    if entry is None:
+        return f"{key} is not in the manifest"
+    n_layers = _layer_counts(read_architectures(root)).get(model)
+    try:
+        read_task(root, key, entry, n_layers=n_layers)
+    except TaskError as e:
+        return str(e)
+    return None

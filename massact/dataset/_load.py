@@ -12,15 +12,14 @@ median, ratio (= top1 / median), plus the task's provenance as constant columns 
 revision, commit, weights_sha256, input_sha256, duplicate_of, and any extra keys a source adds).
 The manifest entry of a task repeats its provenance, the file's sha256 and its row count.
 
-Writing (atomic task files, manifest under a lock, architectures, notes) lives in
-massact.dataset._format; both are re-exported by massact.dataset. This module loads: Dataset,
+Writing (atomic task files, manifest under a lock, architectures, notes) and the one check of
+a task file against its manifest entry (read_task, used here and by task_done on resume) live
+in massact.dataset._format; both are re-exported by massact.dataset. This module loads: Dataset,
 load_dataset, Trajectories, load_trajectories, variability_table.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import os
 import re
 from dataclasses import dataclass, field
@@ -29,7 +28,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._format import ARCH_COLUMNS, KEY_COLUMNS, TOP_COLUMN, read_manifest, top_columns
+from ._format import (
+    ARCH_COLUMNS,
+    KEY_COLUMNS,
+    TOP_COLUMN,
+    TaskError,
+    _layer_counts,
+    _read_lines,
+    read_architectures,
+    read_manifest,
+    read_task,
+    top_columns,
+)
 
 
 @dataclass
@@ -52,7 +62,14 @@ class Dataset:
 
 
 def load_dataset(root: str | os.PathLike, *, verify: bool = True) -> Dataset:
-    """Read every task in the manifest of `root` (checking file sha256 when `verify`)."""
+    """Read every task in the manifest of `root`.
+
+    Each task goes through massact.dataset._format.read_task (file size and sha256 against the
+    manifest when `verify`; columns, dtypes, model, step, rows and, where the architecture table
+    has the model, layers 0..L-1 always). A task that fails is left out with a one-line note in
+    `notes` ('<model>/step<N>: why; task ignored'), like a missing file. ValueError naming the
+    file for a manifest or architecture table that is not readable.
+    """
     root = Path(root)
     if not (root / "manifest.json").is_file():
         raise FileNotFoundError(
@@ -60,20 +77,17 @@ def load_dataset(root: str | os.PathLike, *, verify: bool = True) -> Dataset:
             "train_mini_suite, ingest_archive or sweep_pythia)"
         )
     manifest = read_manifest(root)
-    notes_path = root / "report_lines.txt"
-    notes = notes_path.read_text().splitlines() if notes_path.exists() else []
+    arch = read_architectures(root)
+    n_layers = _layer_counts(arch)
+    notes = _read_lines(root / "report_lines.txt")
     frames, prov_rows = [], []
     for key in sorted(manifest["tasks"]):
         entry = manifest["tasks"][key]
-        path = root / entry["file"]
-        if not path.is_file():
-            notes.append(f"{key}: task file {entry['file']} is missing; task ignored")
+        try:
+            df = read_task(root, key, entry, n_layers=n_layers.get(entry["model"]), verify=verify)
+        except TaskError as e:
+            notes.append(f"{key}: {e}; task ignored")
             continue
-        data = path.read_bytes()
-        if verify and hashlib.sha256(data).hexdigest() != entry["sha256"]:
-            notes.append(f"{key}: {entry['file']} does not match its manifest sha256; ignored")
-            continue
-        df = pd.read_parquet(io.BytesIO(data))
         prov = entry.get("provenance", {})
         frames.append(df.drop(columns=[c for c in prov if c in df.columns]))
         prov_rows.append(
@@ -99,8 +113,8 @@ def load_dataset(root: str | os.PathLike, *, verify: bool = True) -> Dataset:
     provenance = pd.DataFrame(prov_rows, columns=None if prov_rows else ["suite", "model", "step"])
     if len(provenance):
         provenance = provenance.sort_values(["model", "step"]).reset_index(drop=True)
-    arch_path = root / "architectures.parquet"
-    arch = pd.read_parquet(arch_path) if arch_path.exists() else pd.DataFrame(columns=ARCH_COLUMNS)
+    if arch is None:
+        arch = pd.DataFrame(columns=ARCH_COLUMNS)
     return Dataset(root, stats, arch, provenance, notes)
 
 
