@@ -2,32 +2,68 @@
 
 The Hugging Face dataset `Aimpoint-Digital/pythia-massive-activations` (MIT) holds, per model,
 `pythia_<size>/stats/exp2_pythia_<size>_step<N>`: a Python literal (nested lists, no code) of
-shape [sequences (10)][4: top1, top2, top3, median][L layers]. `ingest_archive` parses each file
-with `ast.literal_eval` (never `eval`), validates shape, finiteness, positivity and ordering, and
-writes one task per (model, step). A malformed file is skipped with a line in the dataset's
-report_lines.txt saying which file and why; the rest goes on.
+shape [sequences (10)][4: top1, top2, top3, median][L layers].
+
+Reading is built for hostile input. A file is opened without blocking and only if it is a
+regular file (FIFOs, devices, directories and symlink loops are noted, never opened), and read
+only up to a size cap derived from the largest shape a real file can have (`max_file_bytes`:
+a few hundred kB, where real files are ~50 kB), before any parsing. It is then parsed by a
+small tokenizer of nested lists of numbers (`parse_stats_bytes`: memory proportional to the
+values, no AST, no code ever executed) and validated (shape, finiteness, positivity, ordering).
+
+`ingest_archive` writes one task per (model, step). The file of a (size, step) is chosen by
+its name, never by sorting: the canonical `exp2_pythia_<size>_step<N>` wins over variants such
+as `..._step0001`; a file whose size disagrees with its folder, an unrecognised name, an
+unreadable or malformed file is skipped with a line in the dataset's report_lines.txt saying
+which file and why; the rest goes on. Re-ingesting redoes tasks whose file in the dataset fails
+its check (massact.dataset.read_task) and tasks whose archive file changed since (sha256), with
+a note.
 """
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import os
 import re
+import stat
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ..dataset import add_note, task_done, write_architectures, write_task
+from ..dataset import (
+    TaskError,
+    add_note,
+    read_manifest,
+    read_task,
+    remove_task,
+    task_key,
+    write_architectures,
+    write_task,
+)
 from ._pythia_archs import FINAL_STEP as FINAL_STEP
 from ._pythia_archs import PYTHIA_ARCHS as PYTHIA_ARCHITECTURES
 from ._pythia_archs import PythiaArch as PythiaArch
 
 SUITE = "pythia"
+_DIR = re.compile(r"^pythia_(?P<size>\d+(?:\.\d+)?[mb])$")
 _FILE = re.compile(r"^exp2_pythia_(?P<size>\d+(?:\.\d+)?[mb])_step(?P<step>\d+)(?:\.\w+)?$")
-_MAX_BYTES = 64 << 20  # a [10][4][36] literal is ~50 kB; refuse anything absurdly large
+_MAX_STEP = 2**63 - 1  # steps are stored as int64
+# Size caps, from the largest shape a real file has: 10 sequences x 4 x L values, L <= 36.
+MAX_SEQUENCES = 32  # real files hold 10 probe sequences
+_MAX_VALUE_BYTES = 64  # a printed float is <= 24 characters; room for separators and indents
+_MAX_LAYERS = max(a.L for a in PYTHIA_ARCHITECTURES.values())
+
+
+def max_file_bytes(n_layers: int = _MAX_LAYERS) -> int:
+    """The largest archive file accepted for a model of `n_layers` layers, in bytes.
+
+    MAX_SEQUENCES x 4 x n_layers values of at most 64 bytes each: 288 kB for 36 layers, 48 kB
+    for 6 (real files: ~50 kB for 36 layers). A file is refused above this before it is parsed.
+    """
+    return MAX_SEQUENCES * 4 * int(n_layers) * _MAX_VALUE_BYTES
 
 
 def pythia_architecture_rows(sizes: Sequence[str], max_step: int = FINAL_STEP) -> pd.DataFrame:
@@ -58,33 +94,133 @@ class MalformedFile(ValueError):
     """A statistics file that cannot be used; the message says why."""
 
 
-def parse_stats_file(path: str | os.PathLike, n_layers: int) -> np.ndarray:
-    """Parse and validate one archive file. Returns [sequences, 4, L] float64.
+class _NonNumeric(str):
+    """A string, bool or None met where a number belongs (kept to name it in the message)."""
 
-    Raises MalformedFile with the reason: not a literal, wrong shape, non-finite or
-    non-positive values, or top1 >= top2 >= top3 >= median violated.
+
+# One token of a nested list of numbers, after optional whitespace.
+_TOKEN = re.compile(
+    r"""\s*(?:
+      (?P<open>[\[(])
+    | (?P<close>[\])])
+    | (?P<comma>,)
+    | (?P<num>[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)(?![\w.])
+    | (?P<str>'[^'\\\n]{0,64}'|"[^"\\\n]{0,64}")
+    | (?P<name>[A-Za-z_]\w{0,63})(?!\w)
+    )""",
+    re.X,
+)
+_NAMES = ("True", "False", "None")
+_NON_FINITE = {
+    "inf": float("inf"),
+    "nan": float("nan"),
+    "Infinity": float("inf"),
+    "NaN": float("nan"),
+}
+
+
+def _literal(text: str, max_values: int) -> list:
+    """Nested lists (at most 3 deep) of floats parsed from a Python literal of numbers.
+
+    A small tokenizer, no AST and no eval: memory grows with the values, not the text. Strings,
+    True, False and None become _NonNumeric (reported by the shape checks); any other syntax
+    raises MalformedFile('not a Python literal ...').
     """
-    path = Path(path)
-    size = path.stat().st_size
-    if size > _MAX_BYTES:
-        raise MalformedFile(f"file is {size} bytes, more than the {_MAX_BYTES} allowed")
-    text = path.read_bytes().decode("utf-8", errors="replace")
-    try:
-        value = ast.literal_eval(text.strip())
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as e:
-        raise MalformedFile(f"not a Python literal ({type(e).__name__}: {e})") from None
-    if not isinstance(value, list | tuple) or len(value) == 0:
+    body = text.lstrip()
+    if not body:
+        raise MalformedFile("the file is empty")
+    if not body.startswith(("[", "(")):
+        if body[:1] in ("{", "'", '"') or body[:1].isdigit() or body.startswith(("-", ".")):
+            raise MalformedFile("expected a non-empty list of sequences at the top level")
+        raise MalformedFile(f"not a Python literal of nested lists (starts with {body[:20]!r})")
+    stack: list[tuple[list, str]] = []  # open lists and their closing brackets
+    top: list | None = None
+    want_value = True  # after '[' or ',': a value or a closing bracket; else ',' or a closer
+    pos, n_values = 0, 0
+
+    def bad(what: str) -> MalformedFile:
+        return MalformedFile(f"not a Python literal of nested lists of numbers ({what})")
+
+    while True:
+        m = _TOKEN.match(text, pos)
+        if m is None:
+            rest = text[pos:]
+            if not rest.strip():
+                break
+            at = pos + len(rest) - len(rest.lstrip())
+            raise bad(f"unexpected {text[at : at + 20]!r} at character {at}")
+        pos, kind, token = m.end(), m.lastgroup, m.group(m.lastgroup or 0)
+        if top is not None and not stack:
+            raise bad(f"more text after the list, at character {m.start()}")
+        if kind == "open":
+            if not want_value:
+                raise bad(f"missing ',' at character {m.start()}")
+            if len(stack) == 3:
+                raise MalformedFile("nested deeper than [sequences][4 rows][layers]")
+            new: list = []
+            if stack:
+                stack[-1][0].append(new)
+            else:
+                top = new
+            stack.append((new, "]" if token == "[" else ")"))
+            want_value = True
+        elif kind == "close":
+            if not stack or token != stack[-1][1]:
+                raise bad(f"unmatched {token!r} at character {m.start()}")
+            stack.pop()
+            want_value = False
+        elif kind == "comma":
+            if want_value:
+                raise bad(f"unexpected ',' at character {m.start()}")
+            want_value = True
+        else:
+            if not want_value:
+                raise bad(f"missing ',' at character {m.start()}")
+            if kind == "num":
+                value: object = float(token)  # '1' + 400 zeros gives inf, never OverflowError
+            elif kind == "str" or token in _NAMES:
+                value = _NonNumeric(token)
+            elif token in _NON_FINITE:
+                value = _NON_FINITE[token]
+            else:
+                raise bad(f"name {token!r} at character {m.start()}")
+            n_values += 1
+            if n_values > max_values:
+                raise MalformedFile(f"holds more than {max_values} values")
+            stack[-1][0].append(value)
+            want_value = False
+    if stack or top is None:
+        raise bad("the text ends before the list is closed")
+    return top
+
+
+def parse_stats_bytes(data: bytes, n_layers: int) -> np.ndarray:
+    """Parse and validate the bytes of one archive file. Returns [sequences, 4, L] float64.
+
+    Raises MalformedFile with the reason: too large, not a literal of nested lists of numbers,
+    wrong shape, non-finite or non-positive values, or top1 >= top2 >= top3 >= median violated.
+    """
+    limit = max_file_bytes(n_layers)
+    if len(data) > limit:
+        raise MalformedFile(
+            f"file is {len(data)} bytes, more than the {limit} a [<= {MAX_SEQUENCES}][4]"
+            f"[{n_layers}] file of numbers can take"
+        )
+    text = data.decode("utf-8", errors="replace")
+    value = _literal(text, MAX_SEQUENCES * 4 * n_layers)
+    if len(value) == 0:
         raise MalformedFile("expected a non-empty list of sequences at the top level")
     for i, seq in enumerate(value):
-        if not isinstance(seq, list | tuple) or len(seq) != 4:
+        if not isinstance(seq, list) or len(seq) != 4:
             raise MalformedFile(f"sequence {i}: expected 4 rows (top1, top2, top3, median)")
         for j, row in enumerate(seq):
-            if not isinstance(row, list | tuple) or len(row) != n_layers:
-                got = len(row) if isinstance(row, list | tuple) else type(row).__name__
+            if not isinstance(row, list) or len(row) != n_layers:
+                got = len(row) if isinstance(row, list) else type(row).__name__
                 raise MalformedFile(f"sequence {i} row {j}: expected {n_layers} layers, got {got}")
             for v in row:
-                if isinstance(v, bool) or not isinstance(v, int | float):
-                    raise MalformedFile(f"sequence {i} row {j}: non-numeric value {v!r}")
+                if not isinstance(v, float):
+                    shown = str(v) if isinstance(v, _NonNumeric) else v
+                    raise MalformedFile(f"sequence {i} row {j}: non-numeric value {shown}")
     arr = np.asarray(value, dtype=np.float64)
     if not np.isfinite(arr).all():
         raise MalformedFile("contains non-finite values")
@@ -96,25 +232,146 @@ def parse_stats_file(path: str | os.PathLike, n_layers: int) -> np.ndarray:
     return arr
 
 
-def _find_files(root: Path) -> list[tuple[str, int, Path]]:
-    found = []
-    for model_dir in sorted(root.glob("pythia_*")):
-        stats_dir = model_dir / "stats"
-        if not stats_dir.is_dir():
+def _read_capped(path: Path, limit: int) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes; MalformedFile otherwise.
+
+    Opened with O_NONBLOCK and checked with fstat before reading, so a FIFO or device is never
+    read (and never hangs), and at most limit + 1 bytes are ever read.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise MalformedFile(f"cannot be opened ({e.strerror})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise MalformedFile("not a regular file; not read")
+        if st.st_size > limit:
+            raise MalformedFile(
+                f"file is {st.st_size} bytes, more than the {limit} a [<= {MAX_SEQUENCES}][4]"
+                "[layers] file of numbers can take; not read"
+            )
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise MalformedFile(f"file grew past {limit} bytes while read; not read")
+    return data
+
+
+def parse_stats_file(path: str | os.PathLike, n_layers: int) -> np.ndarray:
+    """Parse and validate one archive file. Returns [sequences, 4, L] float64.
+
+    The file must be a regular file of at most max_file_bytes(n_layers) bytes (checked before
+    reading); see parse_stats_bytes for the rest. Raises MalformedFile with the reason.
+    """
+    return parse_stats_bytes(_read_capped(Path(path), max_file_bytes(n_layers)), n_layers)
+
+
+@dataclass(frozen=True)
+class _Found:
+    size: str
+    step: int
+    path: Path
+    rel: str
+
+    @property
+    def canonical(self) -> bool:
+        return self.path.name == f"exp2_pythia_{self.size}_step{self.step}"
+
+
+def _kind(path: Path) -> str | None:
+    """None for a regular file (symlinks followed), else what it is, for a note."""
+    try:
+        st = os.stat(path)
+    except OSError as e:  # a broken link, a symlink loop (ELOOP), no permission
+        return f"cannot be read ({e.strerror})"
+    if stat.S_ISDIR(st.st_mode):
+        return "is a directory"
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file (FIFO, socket or device); not opened"
+    return None
+
+
+def _scan(root: Path) -> tuple[list[_Found], list[str]]:
+    """Every file named like a statistics file under root/pythia_<size>/stats/, and notes on
+    everything else there (skipped folders, unrecognised names, non-files)."""
+    found: list[_Found] = []
+    notes: list[str] = []
+    for model_dir in sorted(root.iterdir(), key=lambda p: p.name):
+        if not model_dir.name.startswith("pythia_"):
+            continue  # README.md, .gitattributes, .cache/: not statistics
+        folder = _DIR.match(model_dir.name)
+        if folder is None:
+            notes.append(f"skipped {model_dir.name}: not a folder named pythia_<size>")
             continue
-        for f in sorted(stats_dir.iterdir()):
+        stats_dir = model_dir / "stats"
+        try:
+            entries = sorted(stats_dir.iterdir(), key=lambda p: p.name)
+        except FileNotFoundError:
+            notes.append(f"skipped {model_dir.name}/: it has no stats folder")
+            continue
+        except OSError as e:  # not a folder, a symlink loop, no permission
+            notes.append(f"skipped {model_dir.name}/stats: cannot be listed ({e.strerror})")
+            continue
+        for f in entries:
+            rel = f.relative_to(root).as_posix()
             m = _FILE.match(f.name)
-            if m and f.is_file():
-                found.append((m.group("size"), int(m.group("step")), f))
-    return sorted(found, key=lambda x: (x[0], x[1], x[2].name))
+            what = _kind(f)
+            if what is not None:
+                notes.append(f"skipped {rel}: {what}")
+            elif m is None:
+                notes.append(f"skipped {rel}: not named exp2_pythia_<size>_step<N>")
+            elif m.group("size") != folder.group("size"):
+                notes.append(
+                    f"skipped {rel}: a pythia-{m.group('size')} file in the folder of "
+                    f"pythia-{folder.group('size')}"
+                )
+            elif int(m.group("step")) > _MAX_STEP:
+                notes.append(f"skipped {rel}: step number {m.group('step')} is out of range")
+            else:
+                found.append(_Found(m.group("size"), int(m.group("step")), f, rel))
+    return found, notes
+
+
+def _choose(found: list[_Found]) -> tuple[list[_Found], list[str]]:
+    """One file per (size, step): the canonical name, or the only file; notes for the rest."""
+    groups: dict[tuple[str, int], list[_Found]] = {}
+    for f in found:
+        groups.setdefault((f.size, f.step), []).append(f)
+    chosen, notes = [], []
+    for (size, step), files in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        files = sorted(files, key=lambda f: f.rel)
+        canonical = [f for f in files if f.canonical]
+        if len(files) == 1:
+            chosen.append(files[0])
+        elif canonical:
+            chosen.append(canonical[0])
+            for f in files:
+                if f is not canonical[0]:
+                    notes.append(
+                        f"skipped {f.rel}: {canonical[0].rel} is the canonical file of "
+                        f"pythia-{size} step {step}"
+                    )
+        else:
+            names = ", ".join(f.rel for f in files)
+            notes.append(
+                f"skipped {names}: {len(files)} files for pythia-{size} step {step} and none "
+                f"named exp2_pythia_{size}_step{step}"
+            )
+    return chosen, notes
 
 
 def ingest_archive(path: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Read a local copy of the archive at `path` into the dataset at `out`.
 
     Models are named 'pythia-<size>' (suite 'pythia', source 'archive', revision 'step<N>').
-    Tasks already in `out` are skipped, so ingesting again is cheap. Malformed files and
-    files of unknown sizes are skipped with a line in <out>/report_lines.txt. Returns `out`.
+    Tasks already in `out` whose file passes its check and whose archive file is unchanged
+    (same sha256) are skipped, so ingesting again is cheap; a task whose archive file changed is
+    ingested again (or removed, if the new file is unusable), with a note. Malformed, unreadable
+    or ambiguous files, unrecognised names and files of unknown sizes are skipped with a line in
+    <out>/report_lines.txt. Returns `out`.
     """
     root = Path(path)
     if not root.is_dir():
@@ -122,41 +379,74 @@ def ingest_archive(path: str | os.PathLike, out: str | os.PathLike) -> Path:
             f"archive folder {root} does not exist: download the Hugging Face dataset "
             "Aimpoint-Digital/pythia-massive-activations and pass its local folder"
         )
-    files = _find_files(root)
-    if not files:
+    found, notes = _scan(root)
+    if not found:
         raise ValueError(
             f"{root} holds no files named pythia_<size>/stats/exp2_pythia_<size>_step<N>: "
             "is it the root of the Aimpoint-Digital/pythia-massive-activations copy?"
         )
+    chosen, more = _choose(found)
     out = Path(out)
+    for line in [*notes, *more]:
+        add_note(out, f"archive: {line}")
+    tasks = read_manifest(out)["tasks"]
     sizes: set[str] = set()
-    seen: set[tuple[str, int]] = set()
-    for size, step, f in files:
-        rel = f.relative_to(root).as_posix()
-        arch = PYTHIA_ARCHITECTURES.get(size)
+    for f in chosen:
+        arch = PYTHIA_ARCHITECTURES.get(f.size)
         if arch is None:
-            add_note(out, f"archive: skipped {rel}: unknown Pythia size {size!r}")
+            add_note(out, f"archive: skipped {f.rel}: unknown Pythia size {f.size!r}")
             continue
-        if (size, step) in seen:
-            add_note(out, f"archive: skipped {rel}: a second file for pythia-{size} step {step}")
-            continue
-        seen.add((size, step))
-        model = f"pythia-{size}"
-        if task_done(out, model, step):
-            sizes.add(size)
+        model = f"pythia-{f.size}"
+        key = task_key(model, f.step)
+        old_sha = _ingested_sha(out, key, tasks.get(key), arch.L)  # None: not done
+        if old_sha == "":  # done, by another source or before hashes were kept
+            sizes.add(f.size)
             continue
         try:
-            arr = parse_stats_file(f, arch.L)
+            data = _read_capped(f.path, max_file_bytes(arch.L))
+            sha = hashlib.sha256(data).hexdigest()
+            if old_sha == sha:  # done, and the file is unchanged
+                sizes.add(f.size)
+                continue
+            arr = parse_stats_bytes(data, arch.L)
         except MalformedFile as e:
-            add_note(out, f"archive: skipped {rel}: {e}")
+            add_note(out, f"archive: skipped {f.rel}: {e}")
+            if old_sha:  # ingested from an earlier version of this file: now stale
+                remove_task(out, model, f.step)
+                add_note(
+                    out,
+                    f"archive: {model} step {f.step} removed: it came from an earlier version "
+                    f"of {f.rel} (sha256 {old_sha[:12]}), which is now unusable",
+                )
             continue
-        write_task(out, _frame(arr, model, step), _provenance(f, rel, step))
-        sizes.add(size)
+        if old_sha:
+            add_note(
+                out,
+                f"archive: {f.rel} changed since {model} step {f.step} was ingested (sha256 "
+                f"{old_sha[:12]} -> {sha[:12]}); ingested again",
+            )
+        write_task(out, _frame(arr, model, f.step), _provenance(f.rel, f.step, sha))
+        sizes.add(f.size)
     if sizes:
         write_architectures(out, pythia_architecture_rows(sorted(sizes)))
     else:
         add_note(out, f"archive: no usable file in {root}")
     return out
+
+
+def _ingested_sha(out: Path, key: str, entry: dict | None, n_layers: int) -> str | None:
+    """None if the task is not done (no entry, or its file fails read_task); else the sha256
+    of the archive file it was ingested from ('' when another source wrote it)."""
+    if entry is None:
+        return None
+    try:
+        read_task(out, key, entry, n_layers=n_layers)
+    except TaskError:
+        return None
+    prov = entry.get("provenance", {})
+    if prov.get("source") != "archive":
+        return ""
+    return str(prov.get("archive_file_sha256", "") or "")
 
 
 def _frame(arr: np.ndarray, model: str, step: int) -> pd.DataFrame:
@@ -180,12 +470,12 @@ def _frame(arr: np.ndarray, model: str, step: int) -> pd.DataFrame:
     )
 
 
-def _provenance(f: Path, rel: str, step: int) -> dict:
+def _provenance(rel: str, step: int, sha256: str) -> dict:
     return {
         "source": "archive",
         "revision": f"step{step}",
         "archive_file": rel,
-        "archive_file_sha256": hashlib.sha256(f.read_bytes()).hexdigest(),
+        "archive_file_sha256": sha256,
     }
 
 
@@ -194,6 +484,8 @@ __all__ = [
     "PythiaArch",
     "MalformedFile",
     "ingest_archive",
+    "max_file_bytes",
+    "parse_stats_bytes",
     "parse_stats_file",
     "pythia_architecture_rows",
 ]
