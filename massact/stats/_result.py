@@ -7,6 +7,7 @@ pulling in the rest of massact.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -80,14 +81,30 @@ class LayerStats:
         return self.to("cpu")
 
 
-def validate_input(h: torch.Tensor, k: int) -> None:
-    """Raise a clear TypeError/ValueError for input layer_stats cannot reduce."""
+def validate_input(h: torch.Tensor, k: int) -> int:
+    """Raise a clear TypeError/ValueError for input layer_stats cannot reduce; return k as int.
+
+    h: a dense (strided) floating tensor with data (not on the meta device) and >= 2 dims.
+    k: an integer (Python int or numpy integer; bool refused), 1 <= k <= S * d.
+    """
     if not isinstance(h, torch.Tensor):
         raise TypeError(f"layer_stats expects a torch.Tensor [..., S, d], got {type(h).__name__}")
+    if h.is_nested:
+        raise TypeError("layer_stats needs a dense tensor, got a nested tensor; pad it first")
+    if h.layout != torch.strided:
+        raise TypeError(
+            f"layer_stats needs a dense (strided) tensor, got layout {h.layout}; "
+            f"convert it with h.to_dense() first"
+        )
     if h.dtype not in DTYPES:
         raise TypeError(
             f"layer_stats needs a floating hidden state (bfloat16, float16 or float32), "
             f"got {h.dtype}; convert it with h.float() first"
+        )
+    if h.is_meta:
+        raise ValueError(
+            "layer_stats needs a tensor with data, got one on the meta device (shape and dtype "
+            "only); run the model on a real device (cpu or cuda)"
         )
     if h.ndim < 2:
         raise ValueError(
@@ -97,7 +114,9 @@ def validate_input(h: torch.Tensor, k: int) -> None:
     n = h.shape[-2] * h.shape[-1]
     if n == 0:
         raise ValueError(f"layer_stats got an empty slice: S * d = 0 for shape {tuple(h.shape)}")
-    if isinstance(k, bool) or not isinstance(k, int):
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):  # numpy ints are Integral
         raise TypeError(f"k must be an int, got {type(k).__name__}")
+    k = int(k)
     if not 1 <= k <= n:
         raise ValueError(f"k must satisfy 1 <= k <= S * d = {n}, got k={k}")
+    return k
