@@ -52,3 +52,14 @@ def test_non_integer_k_is_still_refused(k):
 def test_range_of_numpy_k_is_checked():
     with pytest.raises(ValueError, match=r"1 <= k <= S \* d = 40, got k=41"):
         validate_input(torch.randn(2, 5, 8), np.int64(41))
+
+
+def test_numpy_integer_k_on_the_triton_kernels():
+    """The kernels take k as a compile-time constant: dispatch passes the validated int on."""
+    h = torch.randn(2, 5, 8)
+    want = reference_layer_stats(h, 3)
+    for got in (
+        layer_stats(h, np.int64(3), backend="triton"),
+        layer_stats_many([h, h], np.int32(3), backend="triton")[1],
+    ):
+        assert torch.equal(got.top, want.top) and torch.equal(got.median, want.median)

@@ -47,7 +47,7 @@ def layer_stats(h: torch.Tensor, k: int = 3, *, backend: str = "auto") -> LayerS
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    validate_input(h, k)
+    k = validate_input(h, k)
     h = h.detach()  # statistics only: hooks may hand over tensors that require grad
     if h.numel() == 0:  # a zero-size leading dim: nothing to reduce, empty results
         return _empty_stats(h, k)
@@ -87,7 +87,7 @@ def layer_stats_many(
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     hs = list(hs)
     for h in hs:
-        validate_input(h, k)
+        k = validate_input(h, k)
     out: list[LayerStats | None] = [None] * len(hs)
     groups: dict[tuple, list[int]] = {}
     for i, h in enumerate(hs):

@@ -34,7 +34,7 @@ def reference_layer_stats(h: torch.Tensor, k: int = 3) -> LayerStats:
     h: [..., S, d] bf16, fp16 or fp32, any device, any strides. Returns a LayerStats with
     top/top_token/top_channel [..., k] and median/ratio [...], on h's device.
     """
-    validate_input(h, k)
+    k = validate_input(h, k)
     S, d = h.shape[-2], h.shape[-1]
     lead = h.shape[:-2]
     # [B, n] float32 |h|; the cast is exact, so order and ties are those of the input dtype
