@@ -13,7 +13,7 @@ revision, commit, weights_sha256, input_sha256, duplicate_of, and any extra keys
 The manifest entry of a task repeats its provenance, the file's sha256 and its row count.
 
 Writing (atomic task files, manifest under a lock, architectures, notes) and the one check of
-a task file against its manifest entry (read_task, used here and by task_done on resume) live
+a task file against its manifest entry (_validate.read_task, used here and by task_done) live
 in massact.dataset._format; both are re-exported by massact.dataset. This module loads: Dataset,
 load_dataset, Trajectories, load_trajectories, variability_table.
 """
@@ -32,14 +32,12 @@ from ._format import (
     ARCH_COLUMNS,
     KEY_COLUMNS,
     TOP_COLUMN,
-    TaskError,
-    _layer_counts,
-    _read_lines,
     read_architectures,
+    read_lines,
     read_manifest,
-    read_task,
     top_columns,
 )
+from ._validate import TaskError, layer_counts, read_task
 
 
 @dataclass
@@ -64,7 +62,7 @@ class Dataset:
 def load_dataset(root: str | os.PathLike, *, verify: bool = True) -> Dataset:
     """Read every task in the manifest of `root`.
 
-    Each task goes through massact.dataset._format.read_task (file size and sha256 against the
+    Each task goes through massact.dataset._validate.read_task (file size and sha256 against the
     manifest when `verify`; columns, dtypes, model, step, rows and, where the architecture table
     has the model, layers 0..L-1 always). A task that fails is left out with a one-line note in
     `notes` ('<model>/step<N>: why; task ignored'), like a missing file. ValueError naming the
@@ -78,8 +76,8 @@ def load_dataset(root: str | os.PathLike, *, verify: bool = True) -> Dataset:
         )
     manifest = read_manifest(root)
     arch = read_architectures(root)
-    n_layers = _layer_counts(arch)
-    notes = _read_lines(root / "report_lines.txt")
+    n_layers = layer_counts(arch)
+    notes = read_lines(root / "report_lines.txt")
     frames, prov_rows = [], []
     for key in sorted(manifest["tasks"]):
         entry = manifest["tasks"][key]
