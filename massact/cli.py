@@ -63,14 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _predictor_path(path: Path) -> Path:
-    """A results folder holds the predictor in `predictor/predictor.joblib`; accept any level."""
-    for candidate in (path / "predictor" / "predictor.joblib", path / "predictor.joblib", path):
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(
-        f"predictor {path}: no saved predictor there (run `python -m massact.run --fast` first, "
-        "or pass --predictor RESULTS_DIR of an earlier run)"
-    )
+    """A results folder holds the predictor in `predictor/predictor.zip`; accept any level."""
+    from .predict._store import resolve
+
+    try:
+        return resolve(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"predictor {path}: no saved predictor there (run `python -m massact.run --fast` "
+            "first, or pass --predictor RESULTS_DIR of an earlier run)"
+        ) from None
 
 
 _SHOWN = ["layer", "A", "lam", "gamma", "t0", "K", "t_peak", "peak_value", "peak_expected"]
@@ -95,13 +97,18 @@ def predict(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         config = dims
     if args.horizon is not None and args.horizon < 1:
         parser.error("--horizon must be a positive number of steps")
-    table = predict_from_config(config, _predictor_path(Path(args.predictor)), args.horizon)
+    from .predict import arch_from_config
+
+    arch = arch_from_config(config)  # a bad config is reported before the predictor is read
+    table = predict_from_config(arch, _predictor_path(Path(args.predictor)), args.horizon)
     from .report import markdown_table
 
     shown = table[[c for c in _SHOWN if c in table.columns]]
     print(markdown_table(shown.set_index("layer"), floatfmt=".4g"))
     if args.csv:
-        table.to_csv(args.csv, index=False)
+        from .dataset import atomic_write_bytes
+
+        atomic_write_bytes(Path(args.csv), table.to_csv(index=False).encode())
         print(f"massact: wrote {args.csv}")
     return 0
 

@@ -116,6 +116,28 @@ def preflight(settings: RunSettings) -> None:
         raise FileNotFoundError(f"archive {source.archive}: no such file or folder")
 
 
+class NotWritable(PermissionError):
+    """The results folder cannot be written (read-only folder or file system)."""
+
+
+def check_writable(out: Path) -> None:
+    """NotWritable, naming the folder, unless a file can be created in `out`.
+
+    Checked before any stage runs: a read-only finished run fails at once, with nothing
+    computed and nothing written, instead of after the fits at the first output file."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=out, prefix=".massact-write-check."):
+            pass
+    except OSError as err:
+        raise NotWritable(
+            f"results folder {out} is not writable ({err.strerror or err}): nothing was run or "
+            "changed; to report a read-only run again, copy it to a writable folder and pass "
+            "that as --out"
+        ) from None
+
+
 def extract(source: SourceSettings, root: Path, seed: int) -> Path:
     """Run the source into `root` (the dataset folder); finished tasks on disk are skipped."""
     if source.source == "mini":
@@ -213,11 +235,12 @@ def run_pipeline(settings: RunSettings, interrupted: Interrupted | None = None) 
 
     preflight(settings)
     out.mkdir(parents=True, exist_ok=True)
+    check_writable(out)
     if "extract" in stages:
         timed("extract", lambda: extract(settings.source, out / "dataset", settings.seed))
     if not set(stages) - {"extract"}:
         return state
-    from .dataset import load_dataset, load_trajectories
+    from .dataset import atomic_write_bytes, load_dataset, load_trajectories
 
     def load():
         dataset = load_dataset(dataset_root(out))
@@ -235,14 +258,14 @@ def run_pipeline(settings: RunSettings, interrupted: Interrupted | None = None) 
         enable_jax_cache()
 
         fit = timed("fit", lambda: fit_trajectories(traj.t, traj.y, traj.mask))
-        fit_frame(traj, fit).to_parquet(out / "fits.parquet", index=False)
+        atomic_write_bytes(out / "fits.parquet", fit_frame(traj, fit).to_parquet(index=False))
         usable = int((fit.ok() & ~fit.degenerate).sum())
         say(f"{usable}/{len(fit.r2)} curves with usable Eq. 9 parameters -> {out}")
     if {"hypotheses", "report"} & set(stages):
         from .curves import fit_hypotheses
 
         hyp = timed("hypotheses", lambda: fit_hypotheses(traj.t, traj.y, traj.mask, fit=fit))
-        hyp.to_parquet(out / "hypotheses.parquet", index=False)
+        atomic_write_bytes(out / "hypotheses.parquet", hyp.to_parquet(index=False))
     if {"predict", "report"} & set(stages):
         predictor = timed(
             "predict", lambda: predict_stage(traj, fit, notes, seed=settings.seed, out=out)
@@ -302,8 +325,12 @@ def predict_stage(traj, fit, notes: list[str], *, seed: int, out: Path):
         out=out / "predictor",
     )
     arch = traj.keys.drop_duplicates("model").drop(columns=["layer"], errors="ignore")
+    from .dataset import atomic_write_bytes
+
     try:
-        predictor.predict(arch).to_parquet(out / "predictions.parquet", index=False)
+        table = predictor.predict(arch)
     except ValueError as exc:  # e.g. an architecture column the predictor needs is missing
         notes.append(f"predictions of the suite's own architectures skipped: {exc}")
+    else:
+        atomic_write_bytes(out / "predictions.parquet", table.to_parquet(index=False))
     return predictor

@@ -21,6 +21,7 @@ from typing import Any
 from .pipeline import (
     SOURCES,
     STAGES,
+    NotWritable,
     RunSettings,
     SourceSettings,
     has_finished_work,
@@ -217,7 +218,8 @@ def report_error(exc: BaseException, out: Path | None) -> int:
     msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if isinstance(exc, KeyError):
         msg = f"missing key {msg}"
-    kept = out is not None and has_finished_work(out)
+    # a read-only results folder: re-running cannot help, so do not suggest it
+    kept = out is not None and not isinstance(exc, NotWritable) and has_finished_work(out)
     where = f" (finished work is kept in {out}; re-run to resume)" if kept else ""
     print(f"massact: error: {msg}{where}", file=sys.stderr)
     return 1

@@ -201,7 +201,7 @@ def test_predict_frame_of_models_keeps_columns(pred):
 def test_predict_from_hf_configs(tmp_path, pred):
     import transformers as tf
 
-    path = pred.save(tmp_path / "predictor.joblib")
+    path = pred.save(tmp_path / "predictor.zip")
     want = pred.predict(ARCH)[list(PARAM_NAMES)]
     cfgs = {
         "neox": tf.GPTNeoXConfig(
@@ -228,7 +228,7 @@ def test_predict_from_hf_configs(tmp_path, pred):
 
 
 def test_save_load_round_trip(tmp_path, pred):
-    path = pred.save(tmp_path / "sub" / "p.joblib")
+    path = pred.save(tmp_path / "sub" / "p.zip")
     meta = json.loads(path.with_suffix(".json").read_text())
     assert meta["features"] == pred.features and meta["best"] == pred.best
     back = Predictor.load(path)
@@ -247,7 +247,7 @@ def test_deterministic_for_a_seed(data, pred):
 
 
 def test_tables_and_markdown(out_dir, pred):
-    assert (out_dir / "predictor.joblib").is_file() and (out_dir / "predictor.json").is_file()
+    assert (out_dir / "predictor.zip").is_file() and (out_dir / "predictor.json").is_file()
     md = (out_dir / "prediction_tables.md").read_text()
     assert md == pred.markdown() and "whole models" in md and "Random 80/20" in md
     t = pd.read_csv(out_dir / "prediction_random_split.csv")
@@ -339,11 +339,11 @@ def test_clear_errors(tmp_path, data, pred):
     with pytest.raises(ValueError, match="not valid JSON"):
         arch_from_config(tmp_path / "bad.json")
     with pytest.raises(FileNotFoundError, match="earlier run"):
-        Predictor.load(tmp_path / "missing.joblib")
+        Predictor.load(tmp_path / "missing.zip")
     import joblib
 
     joblib.dump({"not": "a predictor"}, tmp_path / "other.joblib")
-    with pytest.raises(TypeError, match="not a massact Predictor"):
+    with pytest.raises(ValueError, match="pickle/joblib predictor"):
         Predictor.load(tmp_path / "other.joblib")
     with pytest.raises(ValueError, match="split must be"):
         pred.table("nope")

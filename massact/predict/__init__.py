@@ -2,10 +2,12 @@
 
 Modules: `_config` (an HF config.json -> the architecture row), `_features` (Table 4 features,
 target transforms, model and split names), `_predictor` (Predictor: predictions, tables, save and
-load; `metric_table`), `_selection` (splits, cross-validation, `train_predictors`), `_explain`
-(SHAP and partial dependence of any predictor-like object).
-Imports, one way: `_selection` -> `_predictor` -> `_features`, `_config`, `_explain`; of massact,
-only massact.curves (PARAM_NAMES, Eq. 9, Eq. 13). scikit-learn, xgboost, shap on first use.
+load; `metric_table`), `_store` (the saved predictor.zip: skops / XGBoost JSON models, JSON and
+Parquet, no pickle; refuses anything else), `_selection` (splits, cross-validation,
+`train_predictors`), `_explain` (SHAP and partial dependence of any predictor-like object).
+Imports, one way: `_selection` -> `_predictor` -> `_store`, `_features`, `_config`, `_explain`;
+of massact, only massact.curves (PARAM_NAMES, Eq. 9, Eq. 13) and, when writing files,
+massact.dataset.atomic_write_bytes. scikit-learn, xgboost, shap, skops on first use.
 """
 
 from ._config import arch_from_config as arch_from_config
@@ -18,3 +20,4 @@ from ._predictor import Predictor as Predictor
 from ._predictor import metric_table as metric_table
 from ._predictor import predict_from_config as predict_from_config
 from ._selection import train_predictors as train_predictors
+from ._store import PredictorFileError as PredictorFileError

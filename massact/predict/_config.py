@@ -7,6 +7,8 @@ The dict {L, d, H, d_ff, rotary_pct, rotary_base} is what `Predictor.predict` an
 from __future__ import annotations
 
 import json
+import math
+import numbers
 from pathlib import Path
 
 _GPT2 = {"L": "n_layer", "d": "n_embd", "H": "n_head"}
@@ -38,19 +40,46 @@ def arch_from_config(config: str | Path | dict) -> dict:
             "num_attention_heads, intermediate_size), GPT-2 keys (n_layer, n_embd, n_head, "
             "n_inner) or explicit L, d, H, d_ff"
         )
-    arch = {k: int(c[v]) for k, v in names.items()}
+    arch = {k: _int(c, v) for k, v in names.items()}
     return _gpt2_rest(c, arch) if gpt2 else _neox_rest(c, arch)
 
 
 def _read_json(path: Path) -> dict:
-    """A config.json file, or the config.json inside a folder."""
+    """A config.json file, or the config.json inside a folder; ValueError (naming the file)
+    for anything but a JSON object."""
     path = path / "config.json" if path.is_dir() else path
     if not path.is_file():
         raise FileNotFoundError(f"config {path} not found (give a config.json or its folder)")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        config = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"{path} holds a JSON {_json_kind(config)}, not an object of config keys "
+            "(a Hugging Face config.json)"
+        )
+    return config
+
+
+def _json_kind(value: object) -> str:
+    kinds = {list: "list", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else kinds.get(type(value), type(value).__name__)
+
+
+def _int(c: dict, key: str) -> int:
+    """c[key] as a positive integer; ValueError naming the key otherwise."""
+    v = c[key]
+    bad = isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v)
+    if bad or v != int(v) or v < 1:
+        raise ValueError(f"config {key} must be a positive integer, got {v!r}")
+    return int(v)
+
+
+def _float(key: str, v: object) -> float:
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+        raise ValueError(f"config {key} must be a number, got {v!r}")
+    return float(v)
 
 
 def _explicit(c: dict) -> dict:
@@ -58,16 +87,16 @@ def _explicit(c: dict) -> dict:
     missing = [k for k in ("L", "d", "H") if c.get(k) is None]
     if missing:
         raise ValueError(f"explicit dimensions lack {missing}: give L, d, H (and d_ff)")
-    arch = {k: c[k] for k in ("L", "d", "H")}
-    arch["d_ff"] = c.get("d_ff", 4 * c["d"])
+    arch = {k: _int(c, k) for k in ("L", "d", "H")}
+    arch["d_ff"] = _int(c, "d_ff") if c.get("d_ff") is not None else 4 * arch["d"]
     for k in ("rotary_pct", "rotary_base"):
-        if k in c:
-            arch[k] = c[k]
+        if c.get(k) is not None:
+            arch[k] = _float(k, c[k])
     return arch
 
 
 def _gpt2_rest(c: dict, arch: dict) -> dict:
-    arch["d_ff"] = int(c.get("n_inner") or 4 * arch["d"])  # GPT-2: n_inner None = 4d
+    arch["d_ff"] = _int(c, "n_inner") if c.get("n_inner") else 4 * arch["d"]  # None = 4d
     arch["rotary_pct"] = 0.0
     return arch
 
@@ -76,14 +105,17 @@ def _neox_rest(c: dict, arch: dict) -> dict:
     """MLP width and rotary settings (newer configs keep the rotary ones in rope_parameters)."""
     if c.get("intermediate_size") is None:
         raise ValueError("config lacks intermediate_size (the MLP width d_ff)")
-    arch["d_ff"] = int(c["intermediate_size"])
-    rope = c.get("rope_parameters") or c.get("rope_scaling") or {}
+    arch["d_ff"] = _int(c, "intermediate_size")
+    rope_key = "rope_parameters" if c.get("rope_parameters") else "rope_scaling"
+    rope = c.get(rope_key) or {}
+    if not isinstance(rope, dict):
+        raise ValueError(f"config {rope_key} must be an object, got a JSON {_json_kind(rope)}")
     pct = c.get("rotary_pct", rope.get("partial_rotary_factor", c.get("partial_rotary_factor")))
     base = c.get("rotary_emb_base", c.get("rope_theta", rope.get("rope_theta")))
     if pct is None and c.get("model_type") != "gpt_neox":
         pct = 1.0  # Llama-style: rotary on the full head dimension
     if pct is not None:
-        arch["rotary_pct"] = float(pct)
+        arch["rotary_pct"] = _float("rotary_pct (partial_rotary_factor)", pct)
     if base is not None:
-        arch["rotary_base"] = float(base)
+        arch["rotary_base"] = _float("rotary_emb_base (rope_theta)", base)
     return arch

@@ -9,6 +9,7 @@ importing the prediction stage must stay cheap.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,7 +31,7 @@ class Explainable(Protocol):
 def shap_values(pred: Explainable) -> dict:
     """param -> shap.Explanation of its best tree model over the training features.
 
-    Cached on `pred._shap` (not pickled: recomputed after load)."""
+    Cached on `pred._shap` (not saved: recomputed after load)."""
     if not pred._shap:
         import shap
 
@@ -106,8 +107,16 @@ def _plt():
 
 
 def _save(plt, path: Path, title: str) -> Path:
+    """Write the current figure to `path` atomically (the last good copy survives a kill or a
+    full disk) and close it."""
+    from ..dataset import atomic_write_bytes
+
     fig = plt.gcf()
-    fig.suptitle(title + "  [standardised transformed target]", fontsize=9)
-    fig.savefig(path, dpi=90, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        fig.suptitle(title + "  [standardised transformed target]", fontsize=9)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
     return path

@@ -100,6 +100,38 @@ class TargetTransform:
     def transform(self, y: np.ndarray) -> np.ndarray:
         return (self._fwd(y) - self.mean) / self.std
 
+    def to_dict(self) -> dict:
+        """Plain JSON-able form (kind, mean, std and the Yeo-Johnson lambda): how a saved
+        predictor stores it (no pickle)."""
+        lam = None if self.power is None else float(np.ravel(self.power.lambdas_)[0])
+        return {"kind": self.kind, "mean": self.mean, "std": self.std, "lambda": lam}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TargetTransform:
+        """Inverse of `to_dict`; ValueError naming the problem for anything else."""
+        if not isinstance(d, dict) or d.get("kind") not in ("log1p", "slog1p", "yeo-johnson"):
+            raise ValueError(
+                f"a target transform must have kind log1p, slog1p or yeo-johnson: {d!r}"
+            )
+        nums = {k: d.get(k) for k in ("mean", "std")}
+        if d["kind"] == "yeo-johnson":
+            nums["lambda"] = d.get("lambda")
+        for k, v in nums.items():
+            if isinstance(v, bool) or not isinstance(v, int | float) or not np.isfinite(v):
+                raise ValueError(
+                    f"target transform {d['kind']}: {k} must be a finite number, got {v!r}"
+                )
+        if nums["std"] <= 0:
+            raise ValueError(f"target transform {d['kind']}: std must be > 0, got {nums['std']!r}")
+        power = None
+        if d["kind"] == "yeo-johnson":
+            from sklearn.preprocessing import PowerTransformer
+
+            power = PowerTransformer(method="yeo-johnson", standardize=False)
+            power.lambdas_ = np.array([float(nums["lambda"])])
+            power.n_features_in_ = 1
+        return cls(d["kind"], float(nums["mean"]), float(nums["std"]), power)
+
     def inverse(self, z: np.ndarray) -> np.ndarray:
         """Back to parameter units; NaN where a Yeo-Johnson prediction lies outside its range."""
         u = np.asarray(z, np.float64) * self.std + self.mean

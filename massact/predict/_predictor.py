@@ -3,12 +3,12 @@
 `Predictor.predict` turns an architecture into per-layer Eq. 9 parameters, the steady state and
 the peak (Eq. 13, massact.curves.t_peak); `metric_table` is the param x model pivot of a
 predictor table that `Predictor.table` and the report's Table 3 both use. A Predictor is saved as
-joblib (pickle: load only files you trust) plus a JSON sidecar with the metadata.
+predictor.zip (`_store`: skops and XGBoost JSON models, JSON and Parquet for the rest; no pickle,
+so a shared predictor cannot run code when loaded) plus a JSON sidecar with the metadata.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +18,7 @@ import pandas as pd
 
 from .. import curves
 from ..curves import PARAM_NAMES
-from . import _explain
+from . import _explain, _store
 from ._config import arch_from_config
 from ._features import MODELS, SPLITS, architecture_features
 
@@ -177,38 +177,18 @@ class Predictor:
 
     # ---------- persistence ----------
     def save(self, path) -> Path:
-        """joblib file (pickle: load only trusted files) + `<path>.json` metadata sidecar."""
-        import joblib
-        import sklearn
-        import xgboost
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        joblib.dump(self, path)
-        meta = {
-            "format": "massact.Predictor", "version": 1, "features": self.features,
-            "seed": self.seed, "best": self.best, "best_tree": self.best_tree,
-            "selection_split": self.selection_split, "exclusions": self.exclusions,
-            "notes": self.notes, "transforms": {p: t.kind for p, t in self.transforms.items()},
-            "versions": {"sklearn": sklearn.__version__, "xgboost": xgboost.__version__},
-            "tables": {s: t.to_dict(orient="records") for s, t in self.tables.items()},
-        }  # fmt: skip
-        path.with_suffix(".json").write_text(json.dumps(meta, indent=1, default=float))
-        return path
+        """predictor.zip at `path` (a folder gets `predictor.zip` inside) and a `<path>.json`
+        metadata sidecar, both written atomically; returns the predictor file's path. The format
+        (massact.predict._store) holds no pickle: loading it runs no code from the file."""
+        return _store.write(self, path)
 
     @classmethod
     def load(cls, path) -> Predictor:
-        import joblib
-
-        path = Path(path)
-        if path.is_dir():
-            path = path / "predictor.joblib"
-        if not path.is_file():
-            raise FileNotFoundError(f"no saved predictor at {path} (written by an earlier run)")
-        obj = joblib.load(path)
-        if not isinstance(obj, cls):
-            raise TypeError(f"{path} holds a {type(obj).__name__}, not a massact Predictor")
-        return obj
+        """A saved predictor: its file, its folder or the results folder of the run that saved
+        it. `_store.PredictorFileError` (a ValueError, one line) for anything that is not a
+        complete massact predictor: old pickle/joblib files, other files, damaged archives,
+        unexpected types (refused before anything in them is built)."""
+        return cls(**_store.read(path))
 
     # ---------- explanations (massact.predict._explain, which takes any such object) ----------
     def shap_values(self) -> dict:
@@ -232,8 +212,9 @@ def predict_from_config(
     config: str | Path | dict, predictor_path, horizon: int | None = None
 ) -> pd.DataFrame:
     """Per-layer predictions for the architecture in `config` from a saved predictor
-    (a path, a results folder holding predictor.joblib, or a Predictor)."""
+    (its predictor.zip, a folder holding it, the results folder of a run, or a Predictor)."""
+    arch = arch_from_config(config)  # a bad config fails before the predictor is read
     pred = predictor_path
     if not isinstance(pred, Predictor):
         pred = Predictor.load(predictor_path)
-    return pred.predict(arch_from_config(config), horizon=horizon)
+    return pred.predict(arch, horizon=horizon)

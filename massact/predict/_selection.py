@@ -38,6 +38,7 @@ from ._features import (
     transform_kind,
 )
 from ._predictor import Predictor
+from ._store import PREDICTOR_FILE
 
 
 def _candidates(seed: int) -> dict[str, tuple[object, dict]]:
@@ -158,11 +159,14 @@ def train_predictors(
     params: [N, 5] (A, lam, gamma, t0, K); ok: [N] bool (FitResult.ok()).
     degenerate: [N] bool (FitResult.degenerate): fitted curves whose original parameters are
       ill-determined (A ~ 1e60+ when lam*t0 is large); excluded and counted separately.
-    out: a folder; if given, the predictor (predictor.joblib + .json) and tables are written there.
+    out: a folder; if given, the predictor (predictor.zip + .json) and tables are written there,
+      each file atomically (a kill or a full disk leaves the last good copy).
     """
     params = np.asarray(params, np.float64)
-    ok = np.asarray(ok, bool)
-    degenerate = np.zeros(len(params), bool) if degenerate is None else np.asarray(degenerate, bool)
+    ok = _flags(ok, "ok")
+    degenerate = (
+        np.zeros(len(params), bool) if degenerate is None else _flags(degenerate, "degenerate")
+    )
     if not isinstance(keys, pd.DataFrame):
         raise TypeError(f"keys must be a pandas DataFrame, got {type(keys).__name__}")
     if params.ndim != 2 or params.shape[1] != 5:
@@ -264,10 +268,22 @@ def train_predictors(
             pred.models[p] if tree == best else _fit(cands[tree][0], chosen[sel, p, tree][1], X, z)
         )
     if out is not None:
+        from ..dataset import atomic_write_bytes
+
         out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        pred.save(out / "predictor.joblib")
+        pred.save(out / PREDICTOR_FILE)
         for s, t in tables.items():
-            t.to_csv(out / f"prediction_{s}.csv", index=False)
-        (out / "prediction_tables.md").write_text(pred.markdown())
+            atomic_write_bytes(out / f"prediction_{s}.csv", t.to_csv(index=False).encode())
+        atomic_write_bytes(out / "prediction_tables.md", pred.markdown().encode())
     return pred
+
+
+def _flags(values, name: str) -> np.ndarray:
+    """A boolean array as given; anything else (strings, numbers) is refused, since a cast
+    would make every non-empty string True."""
+    arr = np.asarray(values)
+    if arr.dtype != bool:
+        raise ValueError(
+            f"{name} must be a boolean array (e.g. FitResult.ok()), got dtype {arr.dtype}"
+        )
+    return arr

@@ -13,6 +13,8 @@ report.md, report.html (figures embedded as base64)
 ```
 The tables come from `_tables`, the figures from `_figures` (`all_figures` lists them with
 their captions) and the predictor's own SHAP / partial-dependence figures.
+Every file is written atomically (massact.dataset.atomic_write_bytes): a kill or a full disk
+during a re-run leaves the last good copy of each file, and the error names the file.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from ..dataset import atomic_write_bytes
 from . import _figures
 from ._tables import (
     fit_frame,
@@ -69,8 +72,7 @@ class _Doc:
             + html_table(frame, floatfmt=floatfmt, bold=bold)
         )
         if csv is not None:
-            csv.parent.mkdir(parents=True, exist_ok=True)
-            frame.to_csv(csv)
+            atomic_write_bytes(csv, frame.to_csv().encode())
 
     def figure(self, path: Path, caption: str, root: Path) -> None:
         rel = path.relative_to(root).as_posix()
@@ -201,7 +203,7 @@ def write_report(
 
     doc.heading("Fits of Eq. 9")
     if fit is not None:
-        fit_frame(traj, fit).to_parquet(out / "fits.parquet", index=False)
+        atomic_write_bytes(out / "fits.parquet", fit_frame(traj, fit).to_parquet(index=False))
         status = ", ".join(f"{name} {n}" for name, n in fit.status_counts().items())
         doc.para(
             f"{int(_figures.fitted(fit).sum())} of {len(fit.r2)} curves fitted, "
@@ -228,7 +230,7 @@ def write_report(
         doc.para(f"Table 2 unavailable: {exc}")
 
     if hyp is not None and len(hyp):
-        hyp.to_parquet(out / "hypotheses.parquet", index=False)
+        atomic_write_bytes(out / "hypotheses.parquet", hyp.to_parquet(index=False))
         r2, aic = table5(hyp, traj)
         doc.table(
             r2,
@@ -254,7 +256,7 @@ def write_report(
             frame = predictor.tables.get(split)
             if frame is None:
                 continue
-            frame.to_csv(tab_dir / f"table3_{split}_full.csv")
+            atomic_write_bytes(tab_dir / f"table3_{split}_full.csv", frame.to_csv().encode())
             for metric, fmt in (("r2", ".3f"), ("mae", ".3f"), ("rmse", ".3f")):
                 try:
                     wide = table3(frame, metric)
@@ -282,7 +284,8 @@ def write_report(
         doc.figure(path, _predictor_caption(path.stem), out)
 
     provenance = dict(provenance or {})
-    (out / "provenance.json").write_text(json.dumps(provenance, indent=2, default=str))
+    prov_text = json.dumps(provenance, indent=2, default=str)
+    atomic_write_bytes(out / "provenance.json", prov_text.encode())
     doc.heading("Provenance")
     stage = provenance.get("stage_seconds") or {}
     if stage:
@@ -302,11 +305,11 @@ def write_report(
     doc.html.append(f"<pre>{html.escape(listing)}</pre>")
 
     md_path = out / "report.md"
-    md_path.write_text("\n\n".join(doc.md) + "\n", encoding="utf-8")
+    atomic_write_bytes(md_path, ("\n\n".join(doc.md) + "\n").encode("utf-8"))
     page = "\n".join(doc.html)
-    (out / "report.html").write_text(
+    atomic_write_bytes(
+        out / "report.html",
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{_CSS}</style></head><body>\n{page}\n</body></html>\n",
-        encoding="utf-8",
+        f"<style>{_CSS}</style></head><body>\n{page}\n</body></html>\n".encode(),
     )
     return md_path

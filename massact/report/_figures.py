@@ -9,6 +9,7 @@ Fig. 4 ratio trajectories, Fig. 5 peak heatmaps, Fig. 6 fits, Fig. 7 R^2, Fig. 8
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,7 +20,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from ..dataset import top_columns
+from ..dataset import atomic_write_bytes, top_columns
 
 if TYPE_CHECKING:
     from ..curves import FitResult
@@ -29,9 +30,11 @@ _DPI = 110
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
+    """PNG of `fig` written atomically (a kill or a full disk leaves the last good copy)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=_DPI, bbox_inches="tight")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=_DPI, bbox_inches="tight")
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 

@@ -26,6 +26,7 @@ import os
 import sys
 import sysconfig
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +34,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+
+try:
+    import fcntl
+except ImportError:  # Windows: stale temp files are told by their age alone
+    fcntl = None
 
 from ..dataset import (
     frame_from_layer_stats,
@@ -260,16 +266,67 @@ def _lr_lambda(arch: MiniArch):
     return f
 
 
-def _save_state(path: Path, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
+_UNLOCKED_AGE_S = 300.0  # without file locks (Windows): a temp file this old is stale
+_EMPTY_AGE_S = 60.0  # an empty unlocked temp file may be a save that has not locked it yet
+
+
+def _try_lock(fd: int) -> bool:
+    """Non-blocking exclusive flock on `fd`: False while another open file holds it."""
     try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _save_state(path: Path, state: dict) -> None:
+    """Atomic save. Where there are file locks, the temporary file is locked from the moment it
+    is created (empty) until it has been renamed to `path`, so that `_remove_stale_saves` of a
+    concurrent run can tell a save in progress from one that was killed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if fcntl is not None:
+                _try_lock(f.fileno())  # a fresh file: nobody else holds it
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+            if fcntl is not None:
+                os.replace(tmp, path)  # still locked: never seen unlocked and complete
+        if fcntl is None:
+            os.replace(tmp, path)  # Windows cannot rename an open file
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _remove_stale_saves(state_path: Path) -> None:
+    """Delete the temporary files of state saves that were killed midway, and only those.
+
+    Another run may be saving the same model's state right now (two runs into one folder);
+    its temporary file is locked (see `_save_state`), or still empty in the instant before it
+    is locked. So: a locked file is kept; an unlocked one is stale if it holds data, or if it
+    is empty and older than `_EMPTY_AGE_S`. Without file locks, stale means older than
+    `_UNLOCKED_AGE_S`."""
+    for tmp in state_path.parent.glob(f".{state_path.name}.*"):
+        try:
+            st = tmp.stat()
+            age = time.time() - st.st_mtime
+            if fcntl is None:
+                if age > _UNLOCKED_AGE_S:
+                    tmp.unlink(missing_ok=True)
+                continue
+            if st.st_size == 0 and age < _EMPTY_AGE_S:
+                continue
+            fd = os.open(tmp, os.O_RDONLY)
+        except OSError:
+            continue  # renamed by its run meanwhile, or unreadable: leave it
+        try:
+            if _try_lock(fd):
+                tmp.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
 
 
 def _arch_row(arch: MiniArch, n_params: int, extra: dict) -> dict:
@@ -333,8 +390,7 @@ def _train_one(
     }
     _check_compatible(out, arch, prov_base)
     state_path = out / _STATE_DIR / f"{arch.name}.pt"
-    for stale in state_path.parent.glob(f".{state_path.name}.*"):  # left by a kill mid-save
-        stale.unlink(missing_ok=True)
+    _remove_stale_saves(state_path)  # left by a kill mid-save
     model = build_model(arch, seed)
     n_params = sum(p.numel() for p in model.parameters())
     write_architectures(
