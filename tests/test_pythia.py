@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 import torch
 from _cases import ref_stats
+from _checkpoints import WORDS, save_checkpoint, write_corpus
+from _checkpoints import word_tokenizer as tokenizer
 from _models import layer_outputs, tiny_neox
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import GPTNeoXForCausalLM, PreTrainedTokenizerFast
+from transformers import GPTNeoXForCausalLM
 
 from massact.dataset import load_dataset, task_done
 from massact.sources._pythia import (
@@ -28,17 +29,7 @@ from massact.sources._pythia import (
     sweep_pythia,
 )
 
-WORDS = [f"w{i}" for i in range(60)]
 L, D, SEQ, NSEQ = 2, 32, 8, 3
-
-
-def tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {"<|endoftext|>": 0, "<unk>": 1, **{w: i + 2 for i, w in enumerate(WORDS)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|endoftext|>", unk_token="<unk>"
-    )
 
 
 def tiny_model(seed: int) -> GPTNeoXForCausalLM:
@@ -58,15 +49,9 @@ def pythia_root(tmp_path, monkeypatch):
     """<tmp>/local/pythia-tiny/step{0,1,2,4}; step4 has step2's weights (a bad branch)."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     root = tmp_path / "local"
-    tok = tokenizer()
     for step, seed in [(0, 0), (1, 1), (2, 2), (4, 2)]:
-        folder = root / "pythia-tiny" / f"step{step}"
-        tiny_model(seed).save_pretrained(folder)
-        tok.save_pretrained(folder)
-    corpus = tmp_path / "corpus.txt"
-    rng = np.random.default_rng(0)
-    corpus.write_text("\n".join(" ".join(rng.choice(WORDS, 12)) for _ in range(20)))
-    return root, corpus
+        save_checkpoint(root / "pythia-tiny" / f"step{step}", tiny_model(seed))
+    return root, write_corpus(tmp_path / "corpus.txt")
 
 
 def reference_stats(folder, input_ids) -> tuple[np.ndarray, np.ndarray]:
@@ -325,3 +310,25 @@ def test_hub_cache_snapshot_offline(pythia_root, tmp_path):
     a, b = ds.stats, load_dataset(local).stats
     assert np.array_equal(a["ratio"].to_numpy(), b["ratio"].to_numpy())
     assert prov["weights_sha256"] == load_dataset(local).provenance.iloc[0]["weights_sha256"]
+
+
+def test_each_task_is_written_once_with_its_final_flags(pythia_root, tmp_path, monkeypatch):
+    """Weight hashes of every step are read before any task runs: step 2 (a twin of step 4)
+    is written once, already flagged; per-model steps as a mapping (the pipeline's call)."""
+    import massact.sources._hf_suite as hf_suite
+
+    root, corpus = pythia_root
+    writes = []
+    real = hf_suite.write_task
+
+    def counted(out, frame, provenance):
+        writes.append((int(frame["step"].iat[0]), provenance["duplicate_of"]))
+        return real(out, frame, provenance)
+
+    monkeypatch.setattr(hf_suite, "write_task", counted)
+    out = tmp_path / "ds"
+    kw = dict(text=corpus, n_seqs=NSEQ, seq_len=SEQ, local_root=root, progress=False)
+    sweep_pythia(["tiny"], {"tiny": [0, 2, 4]}, out, **kw)
+    assert sorted(writes) == [(0, ""), (2, "step4"), (4, "")]
+    with pytest.raises(ValueError, match="no entry for model"):
+        sweep_pythia(["tiny"], {"70m": [0]}, out, **kw)

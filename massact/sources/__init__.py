@@ -1,14 +1,22 @@
 """Sources of trajectories: each writes the massact.dataset format, resumably.
 
-Modules: `_mini_suite` (small GPTNeoX models trained from scratch, offline), `_pythia` (sweeps
-of Pythia checkpoints) with `_pythia_archs` (the suite's architectures and schedule),
-`_pythia_checkpoints` (resolving, hashing, loading checkpoints) and `_pythia_inputs` (the probe
-sequences), `_archive` (the paper's released statistics).
-Imports: massact.dataset, massact.probe (and through it massact.stats).
+Modules: `_mini_suite` (small GPTNeoX models trained from scratch, offline), `_hf_suite` (sweeps
+of any checkpointed Hugging Face suite: revisions, architecture rows, the per-checkpoint task),
+`_pythia` (Pythia as one such suite) with `_pythia_archs` (the suite's architectures and
+schedule), `_pythia_checkpoints` (resolving, hashing, loading checkpoints of any repo) and
+`_pythia_inputs` (the probe sequences), `_engine` (where a sweep's tasks run: this process, local
+worker processes, or Ray; the calling process writes), `_archive` (the paper's released
+statistics).
+Imports: massact.dataset, massact.probe (and through it massact.stats); ray only for the ray
+engine.
 """
 
 from ._archive import ingest_archive as ingest_archive
 from ._archive import parse_stats_file as parse_stats_file
+from ._engine import Engine as Engine
+from ._engine import SweepError as SweepError
+from ._hf_suite import parse_step as parse_step
+from ._hf_suite import sweep_hf_suite as sweep_hf_suite
 from ._mini_suite import MINI_PRESETS as MINI_PRESETS
 from ._mini_suite import MiniArch as MiniArch
 from ._mini_suite import train_mini_suite as train_mini_suite

@@ -1,10 +1,13 @@
 """Source 1: statistics of Pythia checkpoints, one (model, step) task at a time.
 
-For each model `EleutherAI/pythia-<size>` and checkpoint revision `step<N>`, the weights are
-fetched (Hugging Face Hub, its cache, or a local folder), hashed, loaded alone in memory, run on
-a fixed set of N token sequences, and only the per-layer statistics of each decoder layer's
-output (forward hooks, massact.probe._hooks) are written as one task file of the dataset format
-(massact.dataset._load). Finished tasks are skipped, so a killed sweep resumes where it stopped.
+Pythia is one instance of the checkpointed Hugging Face suite sweep
+(massact.sources._hf_suite): for each model `EleutherAI/pythia-<size>` and checkpoint revision
+`step<N>`, the weights are fetched (Hugging Face Hub, its cache, or a local folder), hashed,
+loaded alone in memory, run on a fixed set of N token sequences, and only the per-layer
+statistics of each decoder layer's output (forward hooks, massact.probe._hooks) are written as
+one task file of the dataset format (massact.dataset._load). Finished tasks are skipped, so a
+killed sweep resumes where it stopped. Tasks run on the local or the Ray engine
+(massact.sources._engine); the calling process writes every task file.
 
 Provenance per task: revision, the Hub commit (the snapshot folder name; "" for local folders),
 the sha256 of the weight files, the sha256 of the input token ids, and `duplicate_of`: some Hub
@@ -12,36 +15,29 @@ step branches serve the weights of another step (EleutherAI/pythia issues 195, 2
 any weight file of two steps is identical, every such step but the highest is flagged
 `duplicate_of="step<highest>"` (the known bad branches serve the final model's weights).
 
-This module holds the schedules, the per-task probe and the sweep; the probe inputs live in
-massact.sources._pythia_inputs and checkpoint resolution, loading and weight hashing in
-massact.sources._pythia_checkpoints (their names are re-exported here).
+This module holds Pythia's schedules, names and layout; the generic sweep and the per-task
+probe live in massact.sources._hf_suite, the probe inputs in massact.sources._pythia_inputs and
+checkpoint resolution, loading and weight hashing in massact.sources._pythia_checkpoints (their
+names are re-exported here).
 """
 
 from __future__ import annotations
 
-import gc
-import json
 import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
-from ..dataset import (
-    frame_from_layer_stats,
-    read_manifest,
-    task_done,
-    task_path,
-    write_architectures,
-    write_task,
-)
-from ..probe import collect_layer_stats
+from ..dataset import write_task
+from ._engine import Engine, as_engine
+from ._hf_suite import CheckpointJob, ModelPlan, checkpoint_task, rotary, sweep_checkpoints
+from ._hf_suite import architecture_row as hf_architecture_row
+from ._hf_suite import extract_stats as extract_stats
 from ._pythia_archs import FINAL_STEP as FINAL_STEP
 from ._pythia_archs import PAPER_MODELS as PAPER_MODELS
 from ._pythia_archs import PYTHIA_ARCHS as PYTHIA_ARCHS
@@ -50,7 +46,7 @@ from ._pythia_archs import PythiaArch as PythiaArch
 from ._pythia_checkpoints import HUB_ORG as HUB_ORG
 from ._pythia_checkpoints import Checkpoint as Checkpoint
 from ._pythia_checkpoints import duplicate_flags as duplicate_flags
-from ._pythia_checkpoints import extraction_dtype, load_tokenizer, task_weight_hashes
+from ._pythia_checkpoints import extraction_dtype
 from ._pythia_checkpoints import file_sha256 as file_sha256
 from ._pythia_checkpoints import load_model as load_model
 from ._pythia_checkpoints import resolve_checkpoint as resolve_checkpoint
@@ -120,73 +116,12 @@ def _size_of(model: str, *, allow_unknown: bool) -> str:
     return size
 
 
-def _rotary(config: Any) -> tuple[float, float]:
-    """(rotary_pct, rotary_base) from v4 fields or transformers v5 `rope_parameters`."""
-    rope = getattr(config, "rope_parameters", None) or {}
-    pct = getattr(config, "rotary_pct", None)
-    base = getattr(config, "rotary_emb_base", None)
-    pct = rope.get("partial_rotary_factor", pct) if pct is None else pct
-    base = rope.get("rope_theta", base) if base is None else base
-    return float(1.0 if pct is None else pct), float(10000.0 if base is None else base)
+_rotary = rotary  # (rotary_pct, rotary_base) of a config: v4 fields or v5 rope_parameters
 
 
 def architecture_row(model_name: str, config: Any, n_params: int, max_step: int) -> dict:
-    pct, base = _rotary(config)
-    return {
-        "suite": SUITE,
-        "model": model_name,
-        "L": int(config.num_hidden_layers),
-        "d": int(config.hidden_size),
-        "H": int(config.num_attention_heads),
-        "d_ff": int(config.intermediate_size),
-        "rotary_pct": pct,
-        "rotary_base": base,
-        "n_params": int(n_params),
-        "max_step": int(max_step),
-        "vocab_size": int(config.vocab_size),
-        "parallel_residual": bool(getattr(config, "use_parallel_residual", True)),
-    }
-
-
-# --------------------------------------------------------------------------- one task
-
-
-def extract_stats(
-    model: torch.nn.Module,
-    input_ids: torch.Tensor,
-    *,
-    k: int = 3,
-    batch_size: int | None = None,
-    backend: str = "auto",
-) -> list[list[Any]]:
-    """Per-layer LayerStats of each decoder layer's output, concatenated over batches.
-
-    Runs the base model only (no LM head, no KV cache): logits of [10, 2048, 50k] would cost
-    more memory than every hidden state together. Returns one [LayerStats-like] per layer with
-    top [n_seqs, k] and median [n_seqs] on the CPU.
-    """
-    base = getattr(model, "gpt_neox", model)
-    device = next(model.parameters()).device
-    bs = batch_size or input_ids.shape[0]
-    per_layer: list[list[Any]] = []
-    with torch.no_grad(), collect_layer_stats(base, k, backend=backend) as col:
-        for start in range(0, input_ids.shape[0], bs):
-            base(input_ids[start : start + bs].to(device), use_cache=False)
-    for p in col.passes:
-        for layer, st in enumerate(p):
-            if len(per_layer) <= layer:
-                per_layer.append([])
-            per_layer[layer].append(st.cpu())
-    return [
-        [torch.cat([st.top for st in sts]), torch.cat([st.median for st in sts])]
-        for sts in per_layer
-    ]
-
-
-@dataclass
-class _Stats:  # the two fields frame_from_layer_stats reads
-    top: torch.Tensor
-    median: torch.Tensor
+    """The Pythia architecture row of a GPTNeoX config."""
+    return hf_architecture_row(SUITE, model_name, config, n_params, max_step)
 
 
 def run_task(
@@ -207,80 +142,28 @@ def run_task(
     A pure function of its inputs (checkpoint files, token ids, options) -> one Parquet file;
     the model is freed before returning. Returns the task file's path.
     """
-    dev = (
-        torch.device(device)
-        if device is not None
-        else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    job = CheckpointJob(
+        SUITE,
+        model_name,
+        "pythia",
+        checkpoint,
+        duplicate_of=duplicate_of,
+        k=k,
+        dtype=None if dtype is None else str(dtype).removeprefix("torch."),
+        device=None if device is None else str(device),
+        batch_size=batch_size,
+        extra=dict(extra or {}),
     )
-    dt = extraction_dtype(dev, dtype)
-    model = load_model(checkpoint.folder, dt, dev)
-    try:
-        per_layer = extract_stats(model, input_ids, k=k, batch_size=batch_size)
-    finally:
-        del model
-        gc.collect()
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
-    frame = frame_from_layer_stats(
-        [_Stats(top, med) for top, med in per_layer],
-        suite=SUITE,
-        model=model_name,
-        step=checkpoint.step,
-    )
-    provenance = {
-        "source": "pythia",
-        "revision": checkpoint.revision,
-        "commit": checkpoint.commit,
-        "weights_sha256": checkpoint.weights_sha256,
-        "input_sha256": input_sha256(input_ids),
-        "duplicate_of": duplicate_of,
-        "weight_files": json.dumps(checkpoint.weight_files, sort_keys=True),
-        "dtype": str(dt).removeprefix("torch."),
-        "device": dev.type,
-        **dict(extra or {}),
-    }
+    frame, provenance = checkpoint_task(job, input_ids)
     return write_task(out, frame, provenance)
 
 
 # --------------------------------------------------------------------------- the sweep
 
 
-def _n_params(config: Any) -> int:
-    """Parameter count without allocating: the model built on the meta device."""
-    from transformers import GPTNeoXForCausalLM
-
-    with torch.device("meta"):
-        model = GPTNeoXForCausalLM(config)
-    return sum(p.numel() for p in model.parameters())
-
-
-def _known_files(out: Path, model_name: str) -> dict[int, dict]:
-    """step -> manifest entry of this model's finished tasks."""
-    if not (out / "manifest.json").exists():
-        return {}
-    tasks = read_manifest(out)["tasks"]
-    return {
-        int(e["step"]): e
-        for e in tasks.values()
-        if e.get("model") == model_name and e.get("provenance", {}).get("source") == "pythia"
-    }
-
-
-def _reflag(out: Path, model_name: str, entries: Mapping[int, dict], flags: Mapping[int, str]):
-    """Rewrite finished tasks whose duplicate_of changed (statistics untouched)."""
-    for step, entry in entries.items():
-        prov = dict(entry.get("provenance", {}))
-        if prov.get("duplicate_of", "") == flags.get(step, ""):
-            continue
-        prov["duplicate_of"] = flags.get(step, "")
-        frame = pd.read_parquet(task_path(out, model_name, step))
-        write_task(out, frame, prov)
-        log.warning("%s step %d: duplicate_of set to %r", model_name, step, prov["duplicate_of"])
-
-
 def sweep_pythia(
     models: str | Sequence[str],
-    steps: str | int | Sequence[int] | None,
+    steps: str | int | Sequence[int] | Mapping[str, Sequence[int]] | None,
     out: str | os.PathLike,
     *,
     text: str | os.PathLike | Sequence[str],
@@ -294,20 +177,31 @@ def sweep_pythia(
     cache_dir: str | os.PathLike | None = None,
     k: int = 3,
     batch_size: int | None = None,
+    engine: Engine | str | None = None,
+    workers: int | None = None,
+    ray_address: str | None = None,
+    progress: bool | None = None,
 ) -> Path:
     """Statistics of Pythia checkpoints into the dataset at `out`; returns `out`.
 
     models: sizes or names ("70m", "pythia-70m", "EleutherAI/pythia-70m"), or "paper" (the
     paper's nine) or "all". steps: "all" (154), "paper" (37 regularly spaced), an int k (every
-    k-th, ending at 143000) or a list of schedule steps; with local_root, any non-negative ints.
+    k-th, ending at 143000) or a list of schedule steps; with local_root, any non-negative ints;
+    or a mapping {model: steps} for steps that differ per model.
     text: local text file/folder (.txt/.md/.rst/.jsonl), a list of documents, or a Hugging Face
     dataset id (online, needs `datasets`). n_seqs x seq_len tokens are drawn with `seed`.
     dtype/device: default bf16 (fp16 without bf16) on CUDA, fp32 on the CPU.
     revision_map: {step: revision} or {model: {step: revision}} overriding "step<N>".
     local_root: read `<local_root>/pythia-<size>/step<N>/` (or `<size>/step<N>/`)
     save_pretrained folders instead of the Hub; HF_HUB_OFFLINE=1 makes the Hub cache-only.
-    Finished tasks in `out` are skipped; one model is in memory at a time. max_step in the
-    architecture rows is 143000 for Pythia sizes, else the highest step of this call.
+    engine: "local" (default: one task after the other in this process; `workers` > 1: that
+    many processes) or "ray" (one task per (model, step) on the Ray cluster at `ray_address`,
+    else a local Ray instance; see massact.sources._engine). Every task's commit and weight
+    hashes are read before any task runs (online: from the Hub's metadata, no download), so
+    duplicate flags are final when a task is written; each task file is written once, by this
+    process. Finished tasks in `out` are skipped. max_step in the architecture rows is 143000
+    for Pythia sizes, else the highest step of this call. This is the Hugging Face suite sweep
+    (massact.sources._hf_suite) with Pythia's schedule, names and layout.
     """
     out = Path(out)
     if isinstance(models, str):
@@ -318,31 +212,64 @@ def sweep_pythia(
         extraction_dtype(torch.device("cpu"), dtype)  # reject a bad dtype before any download
     if local_root is not None and not Path(local_root).is_dir():
         raise FileNotFoundError(f"local_root {local_root} is not a folder")
-    if local_root is not None and not isinstance(steps, str) and not isinstance(steps, int):
-        step_list = sorted({int(s) for s in (steps or [])})
-        if not step_list or step_list[0] < 0:
-            raise ValueError(f"steps must be non-negative ints, got {steps!r}")
-    else:
-        step_list = select_steps(steps)
+    plans = []
     for name in models:
         size = _size_of(name, allow_unknown=local_root is not None)
-        _sweep_model(
-            size,
-            step_list,
-            out,
-            text=text,
-            n_seqs=n_seqs,
-            seq_len=seq_len,
-            seed=seed,
-            dtype=dtype,
-            device=device,
-            revisions=_revisions(revision_map, size),
-            local_root=local_root,
-            cache_dir=cache_dir,
-            k=k,
-            batch_size=batch_size,
+        spec = steps
+        if isinstance(steps, Mapping):
+            spec = next(
+                (steps[key] for key in (name, size, f"pythia-{size}") if key in steps), None
+            )
+            if spec is None:
+                raise ValueError(f"steps has no entry for model {name!r}")
+        step_list = _step_list(spec, local_root)
+        plans.append(_plan(size, step_list, revision_map, local_root, cache_dir))
+    return sweep_checkpoints(
+        plans,
+        out,
+        text=text,
+        n_seqs=n_seqs,
+        seq_len=seq_len,
+        seed=seed,
+        dtype=dtype,
+        device=device,
+        cache_dir=cache_dir,
+        k=k,
+        batch_size=batch_size,
+        engine=as_engine(engine, workers=workers, address=ray_address),
+        progress=progress,
+    )
+
+
+def _step_list(spec, local_root) -> list[int]:
+    if local_root is not None and not isinstance(spec, str) and not isinstance(spec, int):
+        step_list = sorted({int(s) for s in (spec or [])})
+        if not step_list or step_list[0] < 0:
+            raise ValueError(f"steps must be non-negative ints, got {spec!r}")
+        return step_list
+    return select_steps(spec)
+
+
+def _plan(size: str, steps: list[int], revision_map, local_root, cache_dir) -> ModelPlan:
+    """Pythia as a checkpointed suite: revisions step<N> (or the map's), Pythia's layout."""
+    revisions = _revisions(revision_map, size)
+
+    def locate(step: int, revision: str) -> Checkpoint:
+        return resolve_checkpoint(
+            size, step, revision=revision, local_root=local_root, cache_dir=cache_dir, fetch=False
         )
-    return out
+
+    return ModelPlan(
+        suite=SUITE,
+        model=f"pythia-{size}",
+        repo=f"{HUB_ORG}/pythia-{size}",
+        checkpoints=[(s, revisions.get(s, f"step{s}")) for s in steps],
+        max_step=FINAL_STEP if size in PYTHIA_ARCHS else max(steps),
+        locate=locate,
+        source="pythia",
+        local_root=str(local_root) if local_root is not None else None,
+        extra={"source_path": str(local_root) if local_root is not None else ""},
+    )
 
 
 def _revisions(revision_map: Mapping[Any, Any] | None, size: str) -> dict[int, str]:
@@ -352,80 +279,3 @@ def _revisions(revision_map: Mapping[Any, Any] | None, size: str) -> dict[int, s
         if isinstance(revision_map.get(key), Mapping):
             return {int(s): str(r) for s, r in revision_map[key].items()}
     return {int(s): str(r) for s, r in revision_map.items() if not isinstance(r, Mapping)}
-
-
-def _sweep_model(
-    size: str,
-    steps: list[int],
-    out: Path,
-    *,
-    text,
-    n_seqs,
-    seq_len,
-    seed,
-    dtype,
-    device,
-    revisions,
-    local_root,
-    cache_dir,
-    k,
-    batch_size,
-) -> None:
-    from transformers import GPTNeoXConfig
-
-    model_name = f"pythia-{size}"
-    todo = [s for s in steps if not task_done(out, model_name, s)]
-    arch_path = out / "architectures.parquet"
-    has_arch = arch_path.exists() and model_name in set(pd.read_parquet(arch_path)["model"])
-    if not todo and has_arch:
-        log.info("%s: all %d steps already done", model_name, len(steps))
-        return
-    max_step = FINAL_STEP if size in PYTHIA_ARCHS else max(steps)
-
-    def resolve(step: int) -> Checkpoint:
-        return resolve_checkpoint(
-            size, step, revision=revisions.get(step), local_root=local_root, cache_dir=cache_dir
-        )
-
-    first = resolve(todo[0] if todo else steps[-1])
-    config = GPTNeoXConfig.from_pretrained(first.folder)
-    write_architectures(
-        out, pd.DataFrame([architecture_row(model_name, config, _n_params(config), max_step)])
-    )
-    if not todo:
-        return
-    if seq_len > config.max_position_embeddings:
-        raise ValueError(
-            f"seq_len {seq_len} exceeds {model_name}'s context of "
-            f"{config.max_position_embeddings} tokens"
-        )
-    tokenizer = load_tokenizer(first.folder, size, local_root, cache_dir)
-    input_ids = make_inputs(tokenizer, text, n_seqs, seq_len, seed)
-    text_name = f"<{len(text)} documents>" if isinstance(text, list | tuple) else str(text)
-    extra = {
-        "text": text_name,
-        "n_seqs": n_seqs,
-        "seq_len": seq_len,
-        "seed": seed,
-        "source_path": str(local_root) if local_root is not None else "",
-    }
-    for i, step in enumerate(todo):
-        ckpt = first if i == 0 else resolve(step)
-        done = _known_files(out, model_name)
-        hashes = {s: task_weight_hashes(e.get("provenance", {})) for s, e in done.items()}
-        hashes[step] = set(ckpt.weight_files.values())
-        flags = duplicate_flags(hashes)
-        log.info("%s step %d: %s", model_name, step, ckpt.folder)
-        run_task(
-            out,
-            model_name,
-            ckpt,
-            input_ids,
-            k=k,
-            dtype=dtype,
-            device=device,
-            batch_size=batch_size,
-            duplicate_of=flags[step],
-            extra=extra,
-        )
-        _reflag(out, model_name, done, flags)
