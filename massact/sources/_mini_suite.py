@@ -48,6 +48,7 @@ from ..dataset import (
     write_architectures,
     write_task,
 )
+from ._engine import Engine, Task, as_engine, available_cpus, raise_failures, run_tasks
 
 SUITE = "mini"
 BOS = 256  # byte values are 0..255
@@ -233,9 +234,26 @@ def weights_sha256(model: torch.nn.Module) -> str:
 # ----------------------------------------------------------------------------- one model
 def build_model(arch: MiniArch, seed: int = 0):
     """A randomly initialised GPTNeoXForCausalLM for `arch` (deterministic for seed, name)."""
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+    from transformers import GPTNeoXForCausalLM
 
-    config = GPTNeoXConfig(
+    config = _config(arch)
+    torch.manual_seed(_int_seed("init", seed, arch.name))
+    return GPTNeoXForCausalLM(config)
+
+
+def _n_params(arch: MiniArch) -> int:
+    """Parameter count of `arch`, built on the meta device (nothing allocated, no RNG used)."""
+    from transformers import GPTNeoXForCausalLM
+
+    with torch.device("meta"):
+        model = GPTNeoXForCausalLM(_config(arch))
+    return sum(p.numel() for p in model.parameters())
+
+
+def _config(arch: MiniArch):
+    from transformers import GPTNeoXConfig
+
+    return GPTNeoXConfig(
         vocab_size=VOCAB,
         hidden_size=arch.d,
         num_hidden_layers=arch.L,
@@ -252,8 +270,6 @@ def build_model(arch: MiniArch, seed: int = 0):
         eos_token_id=BOS,
         use_cache=False,
     )
-    torch.manual_seed(_int_seed("init", seed, arch.name))
-    return GPTNeoXForCausalLM(config)
 
 
 def _lr_lambda(arch: MiniArch):
@@ -368,6 +384,63 @@ def _check_compatible(out: Path, arch: MiniArch, prov: dict) -> None:
         return
 
 
+def _prov_base(arch: MiniArch, seed: int, probe: torch.Tensor, corpus_sha: str) -> dict:
+    """The provenance every task of one model shares."""
+    recipe_sha = hashlib.sha256(repr(sorted(asdict(arch).items())).encode()).hexdigest()
+    return {
+        "source": "mini",
+        "input_sha256": _sha256_tensor(probe),
+        "seed": int(seed),
+        "corpus_sha256": corpus_sha,
+        "recipe_sha256": recipe_sha,
+    }
+
+
+def _optimizer(arch: MiniArch, model) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(
+        model.parameters(), lr=arch.lr, betas=(0.9, 0.95), weight_decay=arch.weight_decay
+    )
+
+
+def _probe_task(model, arch: MiniArch, step: int, probe_dev, prov_base: dict, backend: str):
+    """(stats frame, provenance) of the model at `step` on the probe set (eval mode inside)."""
+    from ..probe import collect_layer_stats
+
+    model.eval()
+    with torch.no_grad(), collect_layer_stats(model, k=3, backend=backend) as col:
+        model(input_ids=probe_dev)
+    df = frame_from_layer_stats(col.passes[0], suite=SUITE, model=arch.name, step=step)
+    prov = {**prov_base, "revision": f"step{step}", "weights_sha256": weights_sha256(model)}
+    model.train()
+    return df, prov
+
+
+def _train_loop(arch, model, opt, start, train, seed, device, on_checkpoint, on_state, advance):
+    """Steps start..arch.steps: on_checkpoint(step) at every checkpoint, then (below the last
+    step) on_state(step); one optimizer step between; advance(1) per training step."""
+    checkpoints = set(arch.checkpoints())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(arch), last_epoch=start - 1)
+    gen = torch.Generator()
+    n_train = len(train) - arch.seq_len
+    for step in range(start, arch.steps + 1):
+        if step in checkpoints:
+            on_checkpoint(step)
+            if step < arch.steps:
+                on_state(step)
+        if step == arch.steps:
+            break
+        gen.manual_seed(_int_seed("batch", seed, step))
+        offsets = torch.randint(0, n_train, (arch.batch,), generator=gen)
+        batch = _sample(train, offsets, arch.seq_len).to(device)
+        loss = model(input_ids=batch, labels=batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        advance(1)
+
+
 def _train_one(
     arch: MiniArch,
     out: Path,
@@ -379,15 +452,10 @@ def _train_one(
     device: torch.device,
     advance,
 ) -> None:
+    """Train one model into `out`: task files and resumable training states (local engine)."""
     checkpoints = arch.checkpoints()
-    recipe_sha = hashlib.sha256(repr(sorted(asdict(arch).items())).encode()).hexdigest()
-    prov_base = {
-        "source": "mini",
-        "input_sha256": _sha256_tensor(probe),
-        "seed": int(seed),
-        "corpus_sha256": corpus_sha,
-        "recipe_sha256": recipe_sha,
-    }
+    prov_base = _prov_base(arch, seed, probe, corpus_sha)
+    recipe_sha = prov_base["recipe_sha256"]
     _check_compatible(out, arch, prov_base)
     state_path = out / _STATE_DIR / f"{arch.name}.pt"
     _remove_stale_saves(state_path)  # left by a kill mid-save
@@ -402,9 +470,7 @@ def _train_one(
         advance(arch.steps)
         return
     model.to(device)
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=arch.lr, betas=(0.9, 0.95), weight_decay=arch.weight_decay
-    )
+    opt = _optimizer(arch, model)
     start = 0
     if state_path.exists():
         state = torch.load(state_path, map_location=device, weights_only=True)
@@ -412,42 +478,77 @@ def _train_one(
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optim"])
             start = int(state["step"])
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(arch), last_epoch=start - 1)
     if start:
         advance(start)
-    gen = torch.Generator()
     probe_dev = probe.to(device)
-    n_train = len(train) - arch.seq_len
     backend = "auto" if device.type == "cuda" else "torch"
-    from ..probe import collect_layer_stats
 
-    for step in range(start, arch.steps + 1):
-        if step in checkpoints:
-            if not task_done(out, arch.name, step):
-                model.eval()
-                with torch.no_grad(), collect_layer_stats(model, k=3, backend=backend) as col:
-                    model(input_ids=probe_dev)
-                df = frame_from_layer_stats(col.passes[0], suite=SUITE, model=arch.name, step=step)
-                prov = {**prov_base, "revision": f"step{step}", "weights_sha256": ""}
-                prov["weights_sha256"] = weights_sha256(model)
-                write_task(out, df, prov)
-                model.train()
-            if step < arch.steps:
-                state = {"step": step, "model": model.state_dict(), "optim": opt.state_dict()}
-                _save_state(state_path, {**state, "recipe_sha256": recipe_sha, "seed": seed})
-        if step == arch.steps:
-            break
-        gen.manual_seed(_int_seed("batch", seed, step))
-        offsets = torch.randint(0, n_train, (arch.batch,), generator=gen)
-        batch = _sample(train, offsets, arch.seq_len).to(device)
-        loss = model(input_ids=batch, labels=batch).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        advance(1)
+    def checkpoint(step: int) -> None:
+        if not task_done(out, arch.name, step):
+            write_task(out, *_probe_task(model, arch, step, probe_dev, prov_base, backend))
+
+    def save(step: int) -> None:
+        state = {"step": step, "model": model.state_dict(), "optim": opt.state_dict()}
+        _save_state(state_path, {**state, "recipe_sha256": recipe_sha, "seed": seed})
+
+    _train_loop(arch, model, opt, start, train, seed, device, checkpoint, save, advance)
     state_path.unlink(missing_ok=True)
+
+
+def _with_threads(threads: int | None, fn, *args, **kwargs):
+    """fn(*args, **kwargs) with `threads` torch CPU threads (None: unchanged), restored after."""
+    old = torch.get_num_threads()
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        return fn(*args, **kwargs)
+    finally:
+        torch.set_num_threads(old)
+
+
+def _local_model_task(arch, out, seed, corpus_sha, train, probe, device, threads, report=None):
+    """A local engine's unit: one model trained into `out` (task files, resume states)."""
+    _with_threads(
+        threads,
+        _train_one,
+        arch,
+        Path(out),
+        seed=seed,
+        train=train,
+        probe=probe,
+        corpus_sha=corpus_sha,
+        device=torch.device(device),
+        advance=report or (lambda n: None),
+    )
+
+
+def _model_task(arch, seed, corpus_sha, train, probe, device, threads, skip_steps):
+    """A Ray worker's unit: one model trained from scratch in memory; returns the (stats
+    frame, provenance) of each checkpoint not in skip_steps. Writes nothing: the driver does.
+
+    device None: CUDA when this worker has a GPU, else the CPU (threads None = 1 there)."""
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if threads is None and dev.type == "cpu":
+        threads = 1
+    return _with_threads(
+        threads, _train_in_memory, arch, seed, corpus_sha, train, probe, dev, set(skip_steps)
+    )
+
+
+def _train_in_memory(arch, seed, corpus_sha, train, probe, device, skip_steps):
+    prov_base = _prov_base(arch, seed, probe, corpus_sha)
+    model = build_model(arch, seed).to(device)
+    opt = _optimizer(arch, model)
+    probe_dev = probe.to(device)
+    backend = "auto" if device.type == "cuda" else "torch"
+    results = []
+
+    def checkpoint(step: int) -> None:
+        if step not in skip_steps:
+            results.append(_probe_task(model, arch, step, probe_dev, prov_base, backend))
+
+    _train_loop(arch, model, opt, 0, train, seed, device, checkpoint, lambda s: None, lambda n: 0)
+    return results
 
 
 # ----------------------------------------------------------------------------- the sweep
@@ -461,18 +562,28 @@ def train_mini_suite(
     progress: bool | None = None,
     n_probe: int = 8,
     threads: int | None = None,
+    engine: Engine | str | None = None,
+    workers: int | None = None,
+    ray_address: str | None = None,
 ) -> Path:
     """Train the mini-suite `preset` and write its trajectories to the dataset at `out`.
 
     preset: "tiny" (seconds, for tests), "fast" (~2 minutes on a 2-core CPU), "full"
     (16 models, minutes on a GPU), or a list of MiniArch. corpus: None for the Python
     standard library source, a text file or folder, or bytes. device: default CUDA when
-    available, else CPU. progress: rich progress bar; None = only when stderr is a terminal.
-    n_probe: sequences in the fixed probe set. threads: torch CPU threads while training
-    (restored afterwards). None = 1 on the CPU: these models are too small to gain from more,
-    a shared machine slows multi-threaded runs down badly, and one thread gives the same
+    available, else CPU. progress: rich progress bars; None = only when stderr is a terminal.
+    n_probe: sequences in the fixed probe set. threads: torch CPU threads per model while
+    training (restored afterwards). None = 1 on the CPU: these models are too small to gain from
+    more, a shared machine slows multi-threaded runs down badly, and one thread gives the same
     numbers on every machine; on a GPU None keeps the current setting. Finished tasks in `out`
     are skipped (resume); bitwise-identical resumption needs the same device and threads.
+
+    engine "local" (default): models train in `workers` processes at once (None = one per
+    CPU core on the CPU, 1 on a GPU; 1 = in this process), each writing its task files and
+    resume states into `out`. engine "ray": one Ray task per model (on the cluster at
+    `ray_address`, else a local Ray instance), trained from scratch in memory; this process
+    writes every task file as its model arrives (workers: models in flight at most). Every
+    engine gives the same data: a model's numbers depend only on its seed, corpus and recipe.
     """
     if isinstance(preset, str):
         if preset not in MINI_PRESETS:
@@ -487,6 +598,10 @@ def train_mini_suite(
         raise ValueError(f"two architectures share a name: {names}")
     if n_probe < 1:
         raise ValueError(f"n_probe must be >= 1, got {n_probe}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    engine = as_engine(engine, workers=workers, address=ray_address)
+    asked_device = device
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -495,40 +610,83 @@ def train_mini_suite(
     corpus_sha = hashlib.sha256(data).hexdigest()
     train, held = split_corpus(data)
     probes = [probe_set(held, seed=seed, n_probe=n_probe, seq_len=a.seq_len) for a in archs]
+    for arch, probe in zip(archs, probes):  # before any work: refuse mixing runs
+        _check_compatible(out, arch, _prov_base(arch, seed, probe, corpus_sha))
 
-    if threads is not None and threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
-    old_threads = torch.get_num_threads()
+    show = sys.stderr.isatty() if progress is None else bool(progress)
+    common = (seed, corpus_sha, train)
+    if engine.kind == "ray":
+        _run_ray(archs, probes, out, common, asked_device, threads, engine, show)
+        return out
     if threads is None and device.type == "cpu":
         threads = 1
-    show = sys.stderr.isatty() if progress is None else bool(progress)
-    try:
-        if threads is not None:
-            torch.set_num_threads(threads)
-        _run(archs, out, seed, train, probes, corpus_sha, device, show)
-    finally:
-        torch.set_num_threads(old_threads)
+    default_workers = _default_workers(archs, device)
+    tasks = [
+        Task(
+            name=arch.name,
+            model=arch.name,
+            fn=_local_model_task,
+            args=(arch, str(out), seed, corpus_sha, train, probe, str(device), threads),
+            units=arch.steps,
+            cost=_cost(arch),
+            reports=True,
+        )
+        for arch, probe in zip(archs, probes)
+    ]
+    failures = run_tasks(
+        tasks,
+        engine,
+        lambda task, value: None,  # local workers write into `out` themselves
+        title="mini-suite",
+        show=show,
+        default_workers=default_workers,
+    )
+    raise_failures(failures, len(tasks))
     return out
 
 
-def _run(archs, out, seed, train, probes, corpus_sha, device, show) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+# below this total cost (see _cost; the "tiny" preset is ~8e7, "fast" ~2e11) starting worker
+# processes (seconds each: torch and transformers are imported anew) costs more than it saves
+_PARALLEL_MIN_COST = 1e10
 
-    columns = ["{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    with Progress(*columns, disable=not show, transient=False) as bar:
-        task = bar.add_task("mini-suite", total=sum(a.steps for a in archs))
-        for arch, probe in zip(archs, probes):
-            bar.update(task, description=f"mini-suite {arch.name}")
-            _train_one(
-                arch,
-                out,
-                seed=seed,
-                train=train,
-                probe=probe,
-                corpus_sha=corpus_sha,
-                device=device,
-                advance=lambda n: bar.advance(task, n),
-            )
+
+def _default_workers(archs: Sequence[MiniArch], device: torch.device) -> int:
+    """Local processes when `workers` is None: 1 on a GPU or for a sweep too small to repay
+    starting processes, else one per CPU core (at most one per model)."""
+    if device.type != "cpu" or sum(_cost(a) for a in archs) < _PARALLEL_MIN_COST:
+        return 1
+    return min(available_cpus(), len(archs))
+
+
+def _cost(arch: MiniArch) -> float:
+    """Relative training cost (multiply-adds per step), so that the largest models start first."""
+    per_token = arch.L * arch.d * arch.d * (4 + 2 * arch.mlp_ratio) + arch.d * VOCAB
+    return float(arch.steps * arch.batch * arch.seq_len * per_token)
+
+
+def _run_ray(archs, probes, out: Path, common, device, threads, engine, show) -> None:
+    """One Ray task per unfinished model; this process writes the architecture rows first,
+    then each model's task files as the model arrives."""
+    seed, corpus_sha, train = common
+    extra = {"seed": seed, "corpus_sha256": corpus_sha}
+    rows = [_arch_row(a, _n_params(a), extra) for a in archs]
+    write_architectures(out, pd.DataFrame(rows))
+    tasks = []
+    for arch, probe in zip(archs, probes):
+        done = [s for s in arch.checkpoints() if task_done(out, arch.name, s)]
+        if len(done) == len(arch.checkpoints()):
+            continue
+        args = (arch, seed, corpus_sha, train, probe, device, threads, done)
+        tasks.append(
+            Task(arch.name, arch.name, _model_task, args, units=arch.steps, cost=_cost(arch))
+        )
+
+    def write(task: Task, results) -> None:
+        for frame, provenance in results:
+            write_task(out, frame, provenance)
+
+    failures = run_tasks(tasks, engine, write, title="mini-suite", show=show)
+    raise_failures(failures, len(tasks))
 
 
 __all__ = [
