@@ -18,16 +18,21 @@ from pathlib import Path
 from typing import Any
 
 STAGES = ("extract", "fit", "hypotheses", "predict", "report")
-SOURCES = ("mini", "pythia", "archive")
+SOURCES = ("mini", "pythia", "hf", "archive")
+ENGINES = ("local", "ray")
 
 
 @dataclass(frozen=True)
 class SourceSettings:
     """Where the trajectories come from and how to extract them.
 
-    source: "mini" (train the built-in suite), "pythia" (sweep checkpoints) or "archive"
-    (ingest the paper's released statistics from `archive`). `steps` maps each Pythia model to
-    its checkpoint steps; `text` is the mini-suite corpus (optional) or the Pythia inputs.
+    source: "mini" (train the built-in suite), "pythia" (sweep Pythia checkpoints), "hf" (sweep
+    the checkpoint revisions of the Hugging Face repos `repos`, chosen by `revisions`: all |
+    every:K | names, steps read by `step_pattern`) or "archive" (ingest the paper's released
+    statistics from `archive`). `steps` maps each Pythia model to its checkpoint steps; `text`
+    is the mini-suite corpus (optional) or the checkpoint sweeps' inputs.
+    `engine`: "local" or "ray" (`ray_address`: an existing cluster, None = a local Ray);
+    `workers`: local processes (None = the source's default) or Ray tasks in flight.
     `progress`: None = bars when attached to a terminal, False = none.
     """
 
@@ -36,11 +41,18 @@ class SourceSettings:
     archive: Path | None = None
     text: str | None = None
     steps: dict[str, list[int]] = field(default_factory=dict)
+    repos: tuple[str, ...] = ()
+    revisions: str | None = None
+    step_pattern: str | None = None
+    suite: str | None = None
     local_root: str | None = None
     n_seqs: int = 10
     seq_len: int = 2048
     device: str | None = None
     progress: bool | None = None
+    engine: str = "local"
+    ray_address: str | None = None
+    workers: int | None = None
 
 
 @dataclass(frozen=True)
@@ -140,6 +152,12 @@ def check_writable(out: Path) -> None:
 
 def extract(source: SourceSettings, root: Path, seed: int) -> Path:
     """Run the source into `root` (the dataset folder); finished tasks on disk are skipped."""
+    engine = {
+        "engine": source.engine,
+        "workers": source.workers,
+        "ray_address": source.ray_address,
+        "progress": source.progress,
+    }
     if source.source == "mini":
         from .sources import train_mini_suite
 
@@ -151,28 +169,39 @@ def extract(source: SourceSettings, root: Path, seed: int) -> Path:
                 seed=seed,
                 corpus=corpus,
                 device=source.device,
-                progress=source.progress,
+                **engine,
             )
         )
     if source.source == "archive":
         from .sources import ingest_archive
 
         return Path(ingest_archive(source.archive, root))
+    sweep = {
+        "text": source.text,
+        "n_seqs": source.n_seqs,
+        "seq_len": source.seq_len,
+        "seed": seed,
+        "device": source.device,
+        "local_root": source.local_root,
+        **engine,
+    }
+    if source.source == "hf":
+        from .sources import sweep_hf_suite
+
+        return Path(
+            sweep_hf_suite(
+                list(source.repos),
+                source.revisions or "all",
+                root,
+                suite=source.suite,
+                step_pattern=source.step_pattern,
+                **sweep,
+            )
+        )
     from .sources import sweep_pythia
 
-    for model, steps in source.steps.items():  # one call per model: the steps differ per size
-        sweep_pythia(
-            [model],
-            steps,
-            root,
-            text=source.text,
-            n_seqs=source.n_seqs,
-            seq_len=source.seq_len,
-            seed=seed,
-            device=source.device,
-            local_root=source.local_root,
-        )
-    return root
+    # one sweep of every model (the steps differ per size): on Ray all tasks run at once
+    return Path(sweep_pythia(list(source.steps), dict(source.steps), root, **sweep))
 
 
 def dataset_root(out: Path) -> Path:

@@ -3,7 +3,9 @@
     python -m massact.run --fast                         # offline mini-suite, < 3 min on a CPU
     python -m massact.run --source archive PATH          # the paper's released statistics
     python -m massact.run --source pythia --models 14m,70m --steps paper --text corpus.txt
-    python -m massact.run --source mini --preset full --out results/
+    python -m massact.run --source hf --repo allenai/OLMo-2-0425-1B --revisions every:10 \
+        --text corpus.txt --engine ray --ray-address auto   # any checkpointed suite, on Ray
+    python -m massact.run --source mini --preset full --out results/ --workers 4
 
 Re-running with the same --out resumes: the sources skip (model, step) tasks already on disk;
 the fitting, prediction and report stages are recomputed (seconds).
@@ -13,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from .pipeline import (
+    ENGINES,
     SOURCES,
     STAGES,
     NotWritable,
@@ -64,12 +68,30 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--steps",
         help="Pythia checkpoints: all | every:K | paper | a comma list of steps (paper)",
     )
-    src.add_argument("--text", metavar="PATH", help="Pythia inputs: text file/folder or HF id")
+    src.add_argument(
+        "--repo",
+        metavar="ORG/NAME",
+        help="--source hf: Hugging Face repos whose revisions are checkpoints, comma separated",
+    )
+    src.add_argument(
+        "--revisions",
+        help="--source hf: all | every:K | a comma list of revision names or steps (all)",
+    )
+    src.add_argument(
+        "--step-pattern",
+        metavar="REGEX",
+        help="--source hf: regex whose first group is the step in a revision name "
+        "(default: step1000, stage1-step1000-tokens4B, ckpt_100, iter_500)",
+    )
+    src.add_argument("--suite", help="--source hf: suite name in the dataset (from the repo)")
+    src.add_argument(
+        "--text", metavar="PATH", help="checkpoint sweeps' inputs: text file/folder or HF id"
+    )
     src.add_argument(
         "--local-root",
         metavar="DIR",
-        help="Pythia checkpoints as save_pretrained folders <DIR>/pythia-<size>/step<N>/ "
-        "instead of the Hub",
+        help="checkpoints as save_pretrained folders <DIR>/pythia-<size>/step<N>/ (pythia) or "
+        "<DIR>/<NAME>/<revision>/ (hf) instead of the Hub",
     )
     src.add_argument("--n-seqs", type=int, default=10, help="Pythia input sequences (10)")
     src.add_argument("--seq-len", type=int, default=2048, help="Pythia sequence length (2048)")
@@ -77,6 +99,26 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--out", metavar="DIR", help="results folder (massact_results/<source>-...)")
     run.add_argument("--seed", type=int, default=0, help="random seed for every stage (0)")
     run.add_argument("--device", help="torch device for extraction (auto: cuda if present)")
+    run.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="local",
+        help="where sweeps run: local (this machine) or ray (a Ray cluster; one task per "
+        "model checkpoint, one per mini-suite model) (local)",
+    )
+    run.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="--engine ray: address of an existing cluster (e.g. auto, or ray://host:10001); "
+        "default: a local Ray instance with this machine's CPUs and GPUs",
+    )
+    run.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="local: processes (mini-suite default: one per CPU core; checkpoint sweeps: 1); "
+        "ray: tasks in flight at most (default: as the cluster allows)",
+    )
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
 
@@ -125,17 +167,43 @@ def resolve(args: argparse.Namespace, stages: Iterable[str] = STAGES) -> RunSett
         for flag, value in (("--models", args.models), ("--steps", args.steps)):
             if value is not None:
                 raise UsageError(f"{flag} applies to --source pythia")
-        if args.text is not None and source != "mini":
-            raise UsageError("--text applies to --source pythia or mini")
+        if args.text is not None and source == "archive":
+            raise UsageError("--text applies to --source pythia, hf or mini")
+    if source != "hf":
+        hf_flags = (
+            ("--repo", args.repo),
+            ("--revisions", args.revisions),
+            ("--step-pattern", args.step_pattern),
+            ("--suite", args.suite),
+        )
+        for flag, value in hf_flags:
+            if value is not None:
+                raise UsageError(f"{flag} applies to --source hf")
+    if args.ray_address is not None and args.engine != "ray":
+        raise UsageError("--ray-address goes with --engine ray")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError("--workers must be >= 1")
+    if source == "archive" and (args.engine != "local" or args.workers is not None):
+        raise UsageError("--engine and --workers apply to sweeps (--source mini, pythia or hf)")
     if args.n_seqs < 1 or args.seq_len < 2:
         raise UsageError("--n-seqs must be >= 1 and --seq-len >= 2")
     preset = preset or ("fast" if source == "mini" else None)
     out = args.out
     if out is None:
-        tag = {"mini": f"mini-{preset}", "pythia": "pythia", "archive": "archive"}[source]
-        out = os.path.join("massact_results", tag)
-    if source != "pythia" and args.local_root is not None:
-        raise UsageError("--local-root applies to --source pythia")
+        repos = parse_repos(args.repo) if source == "hf" and args.repo else []
+        hf_tag = f"hf-{repos[0].split('/')[-1]}" if repos else "hf"
+        tags = {"mini": f"mini-{preset}", "pythia": "pythia", "hf": hf_tag, "archive": "archive"}
+        out = os.path.join("massact_results", tags[source])
+    if source not in ("pythia", "hf") and args.local_root is not None:
+        raise UsageError("--local-root applies to --source pythia or hf")
+    repos = parse_repos(args.repo) if args.repo is not None else []
+    if source == "hf":
+        check_step_pattern(args.step_pattern)
+        check_revisions(args.revisions)
+        if "extract" in stages and not repos:
+            raise UsageError("--source hf needs --repo ORG/NAME (comma separated for several)")
+        if "extract" in stages and args.text is None:
+            raise UsageError("--source hf needs --text PATH (a text file/folder or an HF id)")
     steps: dict[str, list[int]] = {}
     if source == "pythia":
         spec = args.steps or "paper"
@@ -160,11 +228,55 @@ def resolve(args: argparse.Namespace, stages: Iterable[str] = STAGES) -> RunSett
             seq_len=args.seq_len,
             device=args.device,
             progress=False if args.no_progress else None,
+            repos=tuple(repos),
+            revisions=args.revisions if source == "hf" else None,
+            step_pattern=args.step_pattern,
+            suite=args.suite,
+            engine=args.engine,
+            ray_address=args.ray_address,
+            workers=args.workers,
         ),
         out=Path(out),
         seed=args.seed,
         stages=stages,
     )
+
+
+def parse_repos(text: str) -> list[str]:
+    """'org/a, org/b' -> ['org/a', 'org/b'], each checked to be a Hugging Face id."""
+    repos = [r.strip() for r in text.split(",") if r.strip()]
+    if not repos:
+        raise UsageError(f"--repo: no repo in {text!r}")
+    for repo in repos:
+        if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
+            raise UsageError(f"--repo {repo!r}: expected a Hugging Face id ORG/NAME")
+    names = [r.split("/")[-1] for r in repos]
+    if len(set(names)) != len(names):
+        raise UsageError(f"--repo: two repos share a model name: {', '.join(repos)}")
+    return repos
+
+
+def check_step_pattern(pattern: str | None) -> None:
+    if pattern is None:
+        return
+    try:
+        groups = re.compile(pattern).groups
+    except re.error as exc:
+        raise UsageError(f"--step-pattern {pattern!r}: not a regular expression ({exc})") from None
+    if groups < 1:
+        raise UsageError(f"--step-pattern {pattern!r}: needs a group of digits, e.g. 'step(\\d+)'")
+
+
+def check_revisions(spec: str | None) -> None:
+    if spec is None:
+        return
+    text = spec.strip().lower()
+    if text.startswith("every:"):
+        k = text.split(":", 1)[1]
+        if not k.isdigit() or int(k) < 1:
+            raise UsageError(f"--revisions {spec!r}: K in every:K must be a positive integer")
+    elif not [r for r in text.split(",") if r.strip()]:
+        raise UsageError("--revisions: give all, every:K or revision names")
 
 
 def parse_models(text: str) -> list[str]:
