@@ -1,13 +1,17 @@
 """Training-loop monitor: a tiny GPTNeoX trained for a few steps with the probe attached.
 
 The callback runs inside a real Hugging Face `Trainer` (CPU, a handful of steps), and also from
-a hand-written loop through transformers' CallbackHandler, TrainerState and TrainerControl.
+a hand-written loop through transformers' CallbackHandler, TrainerState and TrainerControl. The
+logged ratios are read back from the real TensorBoard writer's event file, and the history is
+checked across a real resume from a Trainer checkpoint.
 """
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from _cases import ref_stats
-from _models import layer_outputs, tiny_neox, token_ids
+from _models import layer_outputs, tiny_llama, tiny_neox, token_ids
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import CallbackHandler, TrainerControl, TrainerState
 
@@ -229,3 +233,133 @@ def test_monitor_errors():
     with pytest.raises(TypeError, match="mapping"):
         RatioMonitor([1, 2, 3])
     assert len(RatioMonitor(batch(0)).history) == 0
+
+
+def trainer_args(output_dir, **overrides) -> TrainingArguments:
+    """A few CPU steps of the tiny model: batch 4, a probe every 2 steps, a log every 2."""
+    fields = dict(
+        output_dir=str(output_dir),
+        max_steps=4,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        logging_steps=2,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=0,
+    )
+    return TrainingArguments(**{**fields, **overrides})
+
+
+def test_ratios_reach_tensorboard(tmp_path):
+    """report_to=["tensorboard"]: the real TensorBoardCallback writes the ratios (it sees them in
+    on_log, as it sees the loss); read back from the event file with TensorBoard's reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monitor = RatioMonitorCallback(batch(77, size=3), every=2, log=True)
+    args = trainer_args(tmp_path, report_to=["tensorboard"])
+    Trainer(tiny_model(), args, train_dataset=TokenDataset(), callbacks=[monitor]).train()
+
+    events = sorted(tmp_path.glob("runs/*/events.out.tfevents.*"))
+    assert len(events) == 1
+    board = EventAccumulator(str(events[0].parent))
+    board.Reload()
+    hist = monitor.history
+    for l in range(L):
+        scalars = board.Scalars(f"train/massact/ratio_layer{l}")
+        assert [s.step for s in scalars] == [0, 2, 4]
+        for s in scalars:
+            mean = hist[(hist["step"] == s.step) & (hist["layer"] == l)]["ratio"].mean()
+            assert s.value == float(np.float32(mean))  # TensorBoard stores float32 scalars
+    # the Trainer's own scalars are still written, at their own steps
+    assert [s.step for s in board.Scalars("train/loss")] == [2, 4]
+
+
+def resumable_model():
+    return tiny_llama(vocab_size=VOCAB, hidden_size=D, num_hidden_layers=L, train=True)
+
+
+def test_history_survives_resume(tmp_path):
+    """Checkpoints carry the monitor's history; a new process (new model, new callback) that
+    resumes from one ends with the same history as the uninterrupted run, to the bit.
+
+    A Llama: transformers 5.24's Trainer resume does not restore GPTNeoX's output embedding
+    (the checkpoint's `embed_out.weight` is reported unexpected and `lm_head.weight` missing), so
+    a resumed GPTNeoX does not continue the same run."""
+    probe = batch(77, size=3)
+    saving = dict(max_steps=6, save_strategy="steps", save_steps=4)
+
+    full = RatioMonitorCallback(probe, every=2, log=True)
+    Trainer(
+        resumable_model(),
+        trainer_args(tmp_path / "a", **saving),
+        train_dataset=TokenDataset(),
+        callbacks=[full],
+    ).train()
+    assert sorted(full.history["step"].unique()) == [0, 2, 4, 6]
+    saved = pd.read_parquet(tmp_path / "a" / "checkpoint-4" / RatioMonitorCallback.HISTORY_FILE)
+    assert sorted(saved["step"].unique()) == [0, 2, 4]
+
+    # resumed from a checkpoint outside the new run's output_dir
+    resumed = RatioMonitorCallback(probe, every=2, log=True)
+    trainer = Trainer(
+        resumable_model(),
+        trainer_args(tmp_path / "b", **saving),
+        train_dataset=TokenDataset(),
+        callbacks=[resumed],
+    )
+    trainer.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-4"))
+    pd.testing.assert_frame_equal(resumed.history, full.history, check_exact=True)
+    logged = [e["step"] for e in trainer.state.log_history if "massact/ratio_layer0" in e]
+    assert logged == [0, 2, 4, 6]  # the restored TrainerState's entries, then step 6
+
+    # resume_from_checkpoint=True: the last checkpoint of output_dir (step 6, nothing to train)
+    again = RatioMonitorCallback(probe, every=2)
+    Trainer(
+        resumable_model(),
+        trainer_args(tmp_path / "a", **saving),
+        train_dataset=TokenDataset(),
+        callbacks=[again],
+    ).train(resume_from_checkpoint=True)
+    pd.testing.assert_frame_equal(again.history, full.history, check_exact=True)
+
+
+def test_resume_without_saved_history_warns(tmp_path):
+    plain = trainer_args(tmp_path, max_steps=2, save_strategy="steps", save_steps=2)
+    Trainer(tiny_model(), plain, train_dataset=TokenDataset()).train()
+    monitor = RatioMonitorCallback(batch(77, size=3), every=2)
+    trainer = Trainer(tiny_model(), plain, train_dataset=TokenDataset(), callbacks=[monitor])
+    with pytest.warns(RuntimeWarning, match="no monitor history was found"):
+        trainer.train(resume_from_checkpoint=True)
+    assert sorted(monitor.history["step"].unique()) == [2]  # restarts at the resumed step
+
+
+def test_ratios_reach_other_callbacks_outside_a_handler():
+    """Called directly (no CallbackHandler on the stack), the callback warns once that only
+    state.log_history gets the ratios; attach(handler) sends them to every callback's on_log."""
+
+    class Recorder(TrainerCallback):
+        def __init__(self):
+            self.logs = []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            self.logs.append((state.global_step, dict(logs)))
+
+    model, recorder = tiny_model(), Recorder()
+    cb = RatioMonitorCallback(batch(5, size=2), every=1, layers=[0], log=True)
+    handler = CallbackHandler([recorder, cb], model, None, None, None)
+    state, control = TrainerState(), TrainerControl()
+    with pytest.warns(RuntimeWarning, match="no Trainer callback handler found"):
+        cb.on_train_begin(None, state, control, model=model)
+    state.global_step = 1
+    cb.on_step_end(None, state, control, model=model)  # warned once only
+    assert recorder.logs == [] and [e["step"] for e in state.log_history] == [0, 1]
+    control.should_log = True  # the Trainer's own log of this step is still due afterwards
+    state.global_step = 2
+    cb.attach(handler).on_step_end(None, state, control, model=model)
+    assert [step for step, _ in recorder.logs] == [2] and control.should_log
+    assert list(recorder.logs[0][1]) == ["massact/ratio_layer0"]
+    with pytest.raises(TypeError, match="Trainer or a CallbackHandler"):
+        cb.attach(object())

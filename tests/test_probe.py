@@ -8,6 +8,7 @@ torch.equal.
 import gc
 import weakref
 
+import numpy as np
 import pytest
 import torch
 from _cases import ref_stats
@@ -212,3 +213,41 @@ def test_transformer_lens_hook_adapter():
     calls = []
     transformer_lens_hook(lambda name, st: calls.append((name, st.ratio.shape)))(act, Hook())
     assert calls == [("blocks.0.hook_resid_post", torch.Size([BATCH]))]
+
+
+def test_layers_argument_forms():
+    """layers= takes a whole ModuleList, a module, numpy integers and tuples, as well as lists."""
+    model, x = neox(), ids()
+    forms = {
+        "module_list": (model.gpt_neox.layers, [0, 1, 2]),
+        "module": (model.gpt_neox.layers[1], [1]),
+        "numpy_ints": ([np.int64(2), np.int32(0)], [0, 2]),
+        "numpy_int": (np.int64(-1), [L - 1]),
+        "tuple": ((2, 1), [1, 2]),
+        "name": (["1"], [1]),
+    }
+    caught = layer_outputs(model, x)
+    for form, (layers, want) in forms.items():
+        with torch.no_grad(), collect_layer_stats(model, layers=layers) as col:
+            model(x)
+        assert col.layer_ids == want, form
+        assert [len(p) for p in col.passes] == [len(want)], form
+        for st, l in zip(col.passes[0], want, strict=True):
+            assert_stats_equal(st, caught[l])
+    with pytest.raises(TypeError, match="ints, names or modules"):
+        with collect_layer_stats(model, layers=[1.5]):
+            pass
+
+
+def test_transformer_lens_hook_records_the_given_name():
+    class Hook:  # TransformerLens 4's bridge reports the canonical name of an aliased hook
+        name = "blocks.0.hook_out"
+
+    sink: list = []
+    act = torch.randn(BATCH, SEQ, D)
+    transformer_lens_hook(sink, name="blocks.0.hook_resid_post")(act, Hook())
+    transformer_lens_hook(sink)(act, Hook())
+    assert [n for n, _ in sink] == ["blocks.0.hook_resid_post", "blocks.0.hook_out"]
+    assert torch.equal(sink[0][1].top, sink[1][1].top)
+    with pytest.raises(TypeError, match="name must be a str"):
+        transformer_lens_hook(sink, name=0)

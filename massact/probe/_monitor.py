@@ -8,12 +8,17 @@ neither changes the training (no dropout draw, no graph, no gradient) nor depend
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import os
+import sys
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
 import torch
 from transformers import TrainerCallback
+from transformers.trainer_callback import CallbackHandler
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ._hooks import collect_layer_stats
 
@@ -39,7 +44,7 @@ class RatioMonitor:
         *,
         k: int = 3,
         backend: str = "auto",
-        layers: Sequence[int] | None = None,
+        layers: Sequence[int | str] | None = None,
     ):
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive int (steps between probes), got {every!r}")
@@ -94,7 +99,8 @@ class RatioMonitor:
 
     @property
     def history(self) -> pd.DataFrame:
-        """All recorded rows: step, layer, sample, top1..topk, median, ratio."""
+        """All recorded rows: step, layer, sample, top1..topk, median, ratio (encoder-decoder
+        models: step, stack, layer, ...)."""
         if not self._frames:
             tops = [f"top{i + 1}" for i in range(self.k)]
             cols = {c: pd.Series(dtype="int64") for c in ("step", "layer", "sample")}
@@ -103,22 +109,51 @@ class RatioMonitor:
         return pd.concat(self._frames, ignore_index=True)
 
     def ratios(self) -> pd.DataFrame:
-        """Mean top1/median over the probe samples: index step, one column per layer (Eq. 8)."""
-        return self.history.pivot_table(
-            index="step", columns="layer", values="ratio", aggfunc="mean"
-        )
+        """Mean top1/median over the probe samples: index step, one column per layer (Eq. 8);
+        (stack, layer) column pairs for encoder-decoder models."""
+        history = self.history
+        columns = ["stack", "layer"] if "stack" in history.columns else "layer"
+        return history.pivot_table(index="step", columns=columns, values="ratio", aggfunc="mean")
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the history to a Parquet file (exact float64 values), atomically."""
+        tmp = f"{os.fspath(path)}.tmp"
+        self.history.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+
+    def load(self, path: str | os.PathLike, *, up_to: int | None = None) -> None:
+        """Replace the history with one written by `save` (its rows with step <= up_to)."""
+        frame = pd.read_parquet(path)
+        expected = {"step", "layer", "sample", "median", "ratio"}
+        if not expected <= set(frame.columns):
+            raise ValueError(f"{path} is not a RatioMonitor history: columns {list(frame.columns)}")
+        if up_to is not None:
+            frame = frame[frame["step"] <= up_to].reset_index(drop=True)
+        self._frames = [frame] if len(frame) else []
+        self._steps = {int(s) for s in frame["step"].unique()}
 
 
 class RatioMonitorCallback(TrainerCallback):
     """Hugging Face `Trainer` callback: a `RatioMonitor` probed at step 0 and every N steps.
 
-    >>> cb = RatioMonitorCallback(probe_ids, every=200)
+    >>> cb = RatioMonitorCallback(probe_ids, every=200, log=True)
     >>> Trainer(model, args, train_dataset=ds, callbacks=[cb]).train()
     >>> cb.history            # step, layer, sample, top1..top3, median, ratio
 
-    With `log=True` the mean ratio of each layer is also added to the Trainer's log history
-    as `massact/ratio_layer<l>`.
+    With `log=True` the mean ratio of each layer is logged at each probe as
+    `massact/ratio_layer<l>` (`massact/ratio_<stack>_layer<l>` for encoder-decoder models)
+    through the Trainer's logging path: appended to `state.log_history` and sent to every
+    callback's `on_log`, so each `report_to` integration (TensorBoard, W&B, ...) receives it
+    (TensorBoard shows it as `train/massact/ratio_layer<l>`). The Trainer's callback handler is
+    the one that calls this callback; `attach(trainer)` names it explicitly where it cannot be
+    found (a loop that calls the callback through something else).
+
+    The history is saved with every Trainer checkpoint (`ratio_monitor.parquet` in the
+    checkpoint folder) and restored when training resumes from one, so `history` covers the
+    whole run after `trainer.train(resume_from_checkpoint=...)`.
     """
+
+    HISTORY_FILE = "ratio_monitor.parquet"
 
     def __init__(
         self,
@@ -127,31 +162,143 @@ class RatioMonitorCallback(TrainerCallback):
         *,
         k: int = 3,
         backend: str = "auto",
-        layers: Sequence[int] | None = None,
+        layers: Sequence[int | str] | None = None,
         log: bool = False,
     ):
         self.monitor = RatioMonitor(probe, every, k=k, backend=backend, layers=layers)
         self.log = log
+        self._handler: Any = None
+        self._warned_no_handler = False
 
     @property
     def history(self) -> pd.DataFrame:
+        """The monitor's rows: step, layer, sample, top1..topk, median, ratio."""
         return self.monitor.history
 
-    def _probe(self, state: Any, model: torch.nn.Module | None) -> None:
+    def ratios(self) -> pd.DataFrame:
+        """Mean top1/median over the probe samples: index step, one column per layer."""
+        return self.monitor.ratios()
+
+    def attach(self, trainer: Any) -> RatioMonitorCallback:
+        """Send the logged ratios to `trainer`'s callbacks (a Trainer or a CallbackHandler)."""
+        self._handler = getattr(trainer, "callback_handler", trainer)
+        if not callable(getattr(self._handler, "on_log", None)):
+            raise TypeError(
+                f"attach expects a Trainer or a CallbackHandler, got {type(trainer).__name__}"
+            )
+        return self
+
+    def _probe(self, args: Any, state: Any, control: Any, model: torch.nn.Module | None) -> None:
         if model is None:
             return
-        if self.monitor.maybe_record(int(state.global_step), model) and self.log:
-            rows = self.monitor.history
-            rows = rows[rows["step"] == state.global_step]
-            means = rows.groupby("layer")["ratio"].mean()
-            entry = {f"massact/ratio_layer{int(l)}": float(r) for l, r in means.items()}
-            state.log_history.append({**entry, "step": int(state.global_step)})
+        step = int(state.global_step)
+        if self.monitor.maybe_record(step, model) and self.log:
+            self._log(args, state, control, step, self._log_entry(step))
+
+    def _log_entry(self, step: int) -> dict[str, float]:
+        rows = self.monitor.history
+        rows = rows[rows["step"] == step]
+        if "stack" in rows.columns:
+            means = rows.groupby(["stack", "layer"], sort=False)["ratio"].mean()
+            return {f"massact/ratio_{s}_layer{int(l)}": float(r) for (s, l), r in means.items()}
+        means = rows.groupby("layer")["ratio"].mean()
+        return {f"massact/ratio_layer{int(l)}": float(r) for l, r in means.items()}
+
+    def _log(self, args: Any, state: Any, control: Any, step: int, entry: dict) -> None:
+        """What `Trainer.log` does: log history, then every callback's `on_log`."""
+        state.log_history.append({**entry, "step": step})
+        handler = self._handler if self._handler is not None else _calling_handler()
+        if handler is None:
+            if not self._warned_no_handler:
+                self._warned_no_handler = True
+                warnings.warn(
+                    "RatioMonitorCallback: no Trainer callback handler found, so the ratios go "
+                    "to state.log_history only (no report_to integration sees them); call "
+                    "callback.attach(trainer) to send them to the Trainer's callbacks",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            return
+        # CallbackHandler.on_log clears should_log (it marks the Trainer's log as done); the
+        # Trainer's own log of this step, if due, must still happen
+        should_log = getattr(control, "should_log", False)
+        handler.on_log(args, state, control, dict(entry))
+        if control is not None:
+            control.should_log = should_log
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self._probe(state, model)
+        if state.global_step > 0:
+            self._restore(args, state)
+        self._probe(args, state, control, model)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        self._probe(state, model)
+        self._probe(args, state, control, model)
+
+    def on_save(self, args, state, control, **kwargs):
+        if not getattr(state, "is_world_process_zero", True):
+            return
+        folder = _checkpoint_folder(args, state)
+        if folder is not None and os.path.isdir(folder):
+            self.monitor.save(os.path.join(folder, self.HISTORY_FILE))
+
+    def _restore(self, args: Any, state: Any) -> None:
+        """Resuming at step N: the history becomes the one saved in the checkpoint resumed
+        from (the folder given to `train(resume_from_checkpoint=...)`, else checkpoint-N)."""
+        candidates = [_resume_folder(), getattr(args, "resume_from_checkpoint", None)]
+        candidates.append(_checkpoint_folder(args, state))
+        folders = [c for c in candidates if isinstance(c, (str, os.PathLike))]
+        for folder in folders:
+            path = os.path.join(folder, self.HISTORY_FILE)
+            if os.path.isfile(path):
+                self.monitor.load(path, up_to=int(state.global_step))
+                return
+        warnings.warn(
+            f"RatioMonitorCallback: training resumes at step {state.global_step} but no monitor "
+            f"history was found in {' or '.join(map(str, folders)) or 'a checkpoint folder'}; "
+            "the history restarts at this step (load a saved one with "
+            "callback.monitor.load(path))",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def _checkpoint_folder(args: Any, state: Any) -> str | None:
+    """The Trainer's folder for the checkpoint of the current step (`checkpoint-<step>`)."""
+    output_dir = getattr(args, "output_dir", None)
+    if not output_dir:
+        return None
+    return os.path.join(output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+
+
+# Callbacks are handed neither the Trainer nor its CallbackHandler, yet `Trainer.log` (the
+# handler's on_log) is the one path that reaches every reporting integration, and the folder a
+# run resumes from is known only to `Trainer.train`. Both are found on the call stack, where
+# the handler's `call_event` invokes this callback inside the Trainer's training loop; only
+# instances of transformers' own classes are taken, and None is the answer elsewhere.
+def _on_stack(pick: Callable[[Any, Any], Any], depth: int = 16) -> Any:
+    frame = sys._getframe(2)
+    while frame is not None and depth > 0:
+        found = pick(frame.f_locals.get("self"), frame.f_locals)
+        if found is not None:
+            return found
+        frame, depth = frame.f_back, depth - 1
+    return None
+
+
+def _calling_handler() -> Any:
+    """The transformers CallbackHandler whose event is running this callback, if any."""
+    return _on_stack(lambda owner, _: owner if isinstance(owner, CallbackHandler) else None)
+
+
+def _resume_folder() -> str | None:
+    """The checkpoint folder the running `Trainer.train` resumes from, if any."""
+    from transformers import Trainer
+
+    def pick(owner: Any, local: Any) -> Any:
+        path = local.get("resume_from_checkpoint") if isinstance(owner, Trainer) else None
+        return path if isinstance(path, str) else None
+
+    return _on_stack(pick)
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:
