@@ -16,6 +16,12 @@ and finished tasks, resumes each unfinished model from its last saved state, and
 same data as an uninterrupted run on the same machine and thread count (on a GPU, attention
 backward kernels may not be bitwise deterministic). The state file is removed once a model is
 complete.
+
+Engines (massact.sources._engine): locally, models train in parallel worker processes (one
+per CPU core by default when the sweep is large enough to repay starting them), each writing its
+own task files and states; on Ray, each model is one task trained from scratch in memory and
+the driver writes its task files as it arrives. A model's numbers depend only on its seed,
+corpus and recipe (one CPU thread per model), so every engine writes the same files.
 """
 
 from __future__ import annotations
