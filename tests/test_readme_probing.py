@@ -1,4 +1,4 @@
-"""The probing section of the README (docs_snippets/probing.md) runs as written.
+"""The probing section of the README runs as written.
 
 Each code block marked `<!-- snippet: name -->` is executed verbatim, in a fresh namespace and a
 temporary working directory, with the Hub loaders it calls answering offline with tiny random
@@ -25,7 +25,7 @@ from transformer_lens import TransformerBridge
 
 from massact import stats_of
 
-SNIPPETS = Path(__file__).resolve().parents[1] / "docs_snippets" / "probing.md"
+SNIPPETS = Path(__file__).resolve().parents[1] / "README.md"
 VOCAB, D, L = 64, 32, 6
 # the training snippet's sizes -> a few CPU steps
 SHORTER = {
