@@ -28,6 +28,7 @@ _EXPORTS: dict[str, str] = {
     "transformer_lens_hook": "massact.probe",
     "stats_of": "massact.probe",
     "decoder_layers": "massact.probe",
+    "layer_names": "massact.probe",
     "RatioMonitor": "massact.probe",
     "RatioMonitorCallback": "massact.probe",
     "Dataset": "massact.dataset",
@@ -97,6 +98,7 @@ if TYPE_CHECKING:  # static tools see every public name
     from .probe import RatioMonitorCallback as RatioMonitorCallback
     from .probe import collect_layer_stats as collect_layer_stats
     from .probe import decoder_layers as decoder_layers
+    from .probe import layer_names as layer_names
     from .probe import stats_of as stats_of
     from .probe import transformer_lens_hook as transformer_lens_hook
     from .report import write_report as write_report
