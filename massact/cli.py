@@ -45,7 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Predicted Eq. 9 parameters of every layer, steady state K, t_peak and "
         "whether a peak is expected within --horizon steps, from an earlier run's predictor.",
     )
-    p.add_argument("--config", metavar="CONFIG", help="a Hugging Face config.json")
+    p.add_argument(
+        "--config",
+        metavar="CONFIG",
+        help="a Hugging Face config.json or its folder (any decoder family transformers knows)",
+    )
     p.add_argument("--L", type=int, help="number of layers")
     p.add_argument("--d", type=int, help="hidden size")
     p.add_argument("--H", type=int, help="attention heads")
@@ -78,9 +82,36 @@ def _predictor_path(path: Path) -> Path:
 _SHOWN = ["layer", "A", "lam", "gamma", "t0", "K", "t_peak", "peak_value", "peak_expected"]
 
 
-def predict(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .predict import predict_from_config
+def _span(lo: float, hi: float) -> str:
+    return f"{lo:.4g}" if lo == hi else f"{lo:.4g}..{hi:.4g}"
 
+
+def extrapolation_warning(far) -> str:
+    """One line naming each input outside the training range, asked vs trained."""
+    parts = [
+        f"{name} {_span(r.asked_min, r.asked_max)} (trained {_span(r.train_min, r.train_max)})"
+        for name, r in far.iterrows()
+    ]
+    return (
+        "massact: warning: this architecture lies outside the predictor's training range, so "
+        "the predictions are extrapolations (see the extrapolated column): " + "; ".join(parts)
+    )
+
+
+def skill_table(skill):
+    """The kept model's test R^2 per parameter, for printing beside a prediction."""
+    frame = skill.rename(
+        columns={
+            "model": "kept model",
+            "model_split_r2": "R² whole held-out models",
+            "random_split_r2": "R² random layer split",
+        }
+    )
+    frame.index.name = "parameter"
+    return frame
+
+
+def predict(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     dims = {"L": args.L, "d": args.d, "H": args.H, "d_ff": args.d_ff}
     if args.config is not None:
         if any(v is not None for v in dims.values()):
@@ -97,14 +128,35 @@ def predict(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         config = dims
     if args.horizon is not None and args.horizon < 1:
         parser.error("--horizon must be a positive number of steps")
-    from .predict import arch_from_config
+    from .predict import Predictor, arch_from_config
 
     arch = arch_from_config(config)  # a bad config is reported before the predictor is read
-    table = predict_from_config(arch, _predictor_path(Path(args.predictor)), args.horizon)
+    pred = Predictor.load(_predictor_path(Path(args.predictor)))
+    table = pred.predict(arch, horizon=args.horizon)
     from .report import markdown_table
 
-    shown = table[[c for c in _SHOWN if c in table.columns]]
+    far = pred.extrapolation(arch)
+    if len(far):
+        print(extrapolation_warning(far), file=sys.stderr)
+    skill = pred.skill()
+    weak = [p for p, r2 in skill["model_split_r2"].items() if not r2 > 0]
+    if weak and skill["model_split_r2"].notna().any():
+        print(
+            "massact: warning: on whole held-out models this predictor's R² is <= 0 for "
+            f"{', '.join(weak)}: for an unseen architecture it does no better than the training "
+            "mean there",
+            file=sys.stderr,
+        )
+    print("architecture: " + ", ".join(f"{k}={v:g}" for k, v in arch.items()))
+    shown = table[[c for c in _SHOWN if c in table.columns]].copy()
+    shown["extrapolated"] = table["extrapolated_features"].replace("", "none")
     print(markdown_table(shown.set_index("layer"), floatfmt=".4g"))
+    print(
+        "\nPredictor skill: test R² of the kept model per parameter, in the transformed "
+        "standardised space (1 perfect, <= 0 no better than the training mean); the whole-model "
+        "split is the honest score for an architecture it never saw."
+    )
+    print(markdown_table(skill_table(skill), floatfmt=".3f"))
     if args.csv:
         from .dataset import atomic_write_bytes
 

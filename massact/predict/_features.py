@@ -23,6 +23,31 @@ DERIVED: list[str] = [
 ]  # fmt: skip
 RAW: list[str] = ["L", "d", "H", "d_ff", "rotary_pct", "rotary_base"]
 FEATURES: list[str] = DERIVED + RAW
+# architecture columns that are not features (for reporting and the extrapolation check), and
+# their value where a config does not give them: a dense model with multi-head attention
+EXTRA: list[str] = ["H_kv", "head_dim", "n_experts", "experts_per_token"]
+MEANINGS: dict[str, str] = {
+    "l/L": "relative depth: 1-based layer index l over the number of layers L (1 = last layer)",
+    "(l/L)^2": "square of the relative depth l/L",
+    "(l/L)^3": "cube of the relative depth l/L",
+    "sqrt(l/L)": "square root of the relative depth l/L",
+    "H/d": "attention heads per hidden unit (1 / head width when heads are d/H wide)",
+    "d_ff/d": "MLP expansion: MLP width over hidden size",
+    "d/L": "hidden size per layer (width over depth)",
+    "H/L": "attention heads per layer",
+    "log(d)": "natural logarithm of the hidden size",
+    "l*L": "1-based layer index times the number of layers",
+    "L": "number of layers (transformer blocks)",
+    "d": "hidden size (residual stream width)",
+    "H": "attention heads (query heads)",
+    "d_ff": "MLP width (intermediate size)",
+    "rotary_pct": "fraction of each head's dimensions that rotary embeddings rotate (0: none)",
+    "rotary_base": "rotary embedding base (rope_theta)",
+    "H_kv": "key/value heads (grouped-query attention; H when not given). Not a feature",
+    "head_dim": "width of one attention head (d/H when not given). Not a feature",
+    "n_experts": "MLP experts of a mixture-of-experts layer (1 when dense). Not a feature",
+    "experts_per_token": "experts each token is routed to (1 when dense). Not a feature",
+}
 MODELS: tuple[str, ...] = ("Ridge", "Lasso", "RandomForest", "GradientBoosting", "XGBoost")
 TREES: tuple[str, ...] = ("RandomForest", "GradientBoosting", "XGBoost")
 SPLITS: tuple[str, ...] = ("random_split", "model_split")
@@ -149,3 +174,34 @@ def transform_kind(param: str, values: np.ndarray) -> str:
     if param == "K":
         return "yeo-johnson"
     return "log1p" if (np.asarray(values) >= 0).all() else "slog1p"
+
+
+def range_columns(rows: pd.DataFrame, feats: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Every column whose training range a predictor keeps: the features (`architecture_features`
+    of `rows`, or `feats` when already computed) and the EXTRA architecture columns, filled
+    where `rows` lacks them (or holds NaN) with a dense multi-head model's values: H_kv = H,
+    head_dim = d / H, n_experts = experts_per_token = 1."""
+    F = architecture_features(rows) if feats is None else feats
+    out = F.copy()
+    H = pd.to_numeric(rows["H"], errors="coerce").to_numpy(np.float64)
+    d = pd.to_numeric(rows["d"], errors="coerce").to_numpy(np.float64)
+    default = {"H_kv": H, "head_dim": d / H, "n_experts": 1.0, "experts_per_token": 1.0}
+    for c in EXTRA:
+        given = (
+            pd.to_numeric(rows[c], errors="coerce").to_numpy(np.float64)
+            if c in rows.columns
+            else np.full(len(rows), np.nan)
+        )
+        out[c] = np.where(np.isfinite(given), given, default[c])
+    return out
+
+
+def training_ranges(columns: pd.DataFrame) -> dict[str, tuple[float, float]]:
+    """name -> (min, max) over the finite values of each column (columns with none left out)."""
+    out = {}
+    for c in columns.columns:
+        v = pd.to_numeric(columns[c], errors="coerce").to_numpy(np.float64)
+        v = v[np.isfinite(v)]
+        if v.size:
+            out[str(c)] = (float(v.min()), float(v.max()))
+    return out

@@ -20,7 +20,7 @@ from .. import curves
 from ..curves import PARAM_NAMES
 from . import _explain, _store
 from ._config import arch_from_config
-from ._features import MODELS, SPLITS, architecture_features
+from ._features import MODELS, SPLITS, architecture_features, range_columns
 
 
 def t_peak(lam, gamma, t0) -> np.ndarray:
@@ -72,6 +72,8 @@ class Predictor:
     best: dict = field(default_factory=dict)
     tree_models: dict = field(default_factory=dict)
     best_tree: dict = field(default_factory=dict)
+    # feature or architecture column -> (min, max) over the training curves (`_features`)
+    ranges: dict = field(default_factory=dict)
     _shap: dict = field(default_factory=dict, repr=False)
 
     def __getstate__(self):
@@ -105,8 +107,11 @@ class Predictor:
     def predict(self, arch: dict | pd.DataFrame, *, horizon: int | None = None) -> pd.DataFrame:
         """Per layer: predicted A, lam, gamma, t0, K, steady_state (= K, Eq. 10), t_peak (Eq. 13),
         peak_value (f at t_peak), peak_expected: 0 < t_peak <= horizon (t_peak > 0 if no
-        horizon), and extrapolated: a feature lies outside the training range. Rows keep the
-        input's other columns (e.g. model)."""
+        horizon), extrapolated: some input lies outside its training range, and
+        extrapolated_features: which ("l*L, d, log(d)"; "" when none), over every feature and
+        architecture column the predictor keeps a range of (`training_range`), those it does
+        not use included (a d never seen is named even where only log(d) enters the model).
+        Rows keep the input's other columns (e.g. model)."""
         if horizon is not None and not (np.isscalar(horizon) and horizon > 0):
             raise ValueError(f"horizon must be a positive number of steps, got {horizon!r}")
         rows = self.layer_rows(arch)
@@ -127,9 +132,83 @@ class Predictor:
         out["peak_expected"] = (tp > 0) & (tp <= lim)
         out["horizon"] = np.nan if horizon is None else float(horizon)
         # outside the training range, trees saturate and linear models extrapolate: flag it
-        lo, hi = self.X.min().to_numpy(), self.X.max().to_numpy()
-        out["extrapolated"] = ((X < lo - 1e-9 * abs(lo)) | (X > hi + 1e-9 * abs(hi))).any(1)
+        outside = self._outside(range_columns(rows, F))
+        out["extrapolated"] = outside.any(axis=1).to_numpy()
+        names = np.array(outside.columns, dtype=object)
+        out["extrapolated_features"] = [", ".join(names[m]) for m in outside.to_numpy()]
         return out
+
+    # ---------- how far a prediction reaches ----------
+    def training_range(self) -> pd.DataFrame:
+        """Per feature and architecture column: min and max over the training curves, whether the
+        models use it (`feature`) and what it means. Predictors saved before the ranges were
+        kept have those of the model features only (from the stored training features X)."""
+        from ._features import MEANINGS
+
+        rng = self._ranges()
+        frame = pd.DataFrame(
+            {
+                "min": [lo for lo, _ in rng.values()],
+                "max": [hi for _, hi in rng.values()],
+                "feature": [c in self.features for c in rng],
+                "meaning": [MEANINGS.get(c, "") for c in rng],
+            },
+            index=pd.Index(list(rng), name="name"),
+        )
+        return frame
+
+    def extrapolation(self, arch: dict | pd.DataFrame) -> pd.DataFrame:
+        """The inputs of `arch` outside the training range: per such feature or column, the
+        asked values' min and max over the layers, the training min and max, and the layers
+        outside. Empty when the prediction interpolates."""
+        rows = self.layer_rows(arch)
+        values = range_columns(rows)
+        outside = self._outside(values)
+        rng = self._ranges()
+        out = []
+        for c in outside.columns[outside.any(axis=0).to_numpy()]:
+            v = values[c].to_numpy(np.float64)
+            out.append(
+                {"name": c, "asked_min": float(np.nanmin(v)), "asked_max": float(np.nanmax(v)),
+                 "train_min": rng[c][0], "train_max": rng[c][1],
+                 "layers_outside": int(outside[c].sum())}
+            )  # fmt: skip
+        cols = ["name", "asked_min", "asked_max", "train_min", "train_max", "layers_outside"]
+        return pd.DataFrame(out, columns=cols).set_index("name")
+
+    def skill(self) -> pd.DataFrame:
+        """Per parameter: the kept model and its test R^2 on whole held-out models
+        (model_split_r2: the honest score for an architecture never trained on) and on the
+        random layer split (random_split_r2); NaN where a split was not run. R^2 is in the
+        transformed, standardised space: 1 is perfect, <= 0 no better than the training mean."""
+        rows = []
+        for p in PARAM_NAMES:
+            kept = self.best.get(p, "")
+            row = {"param": p, "model": kept}
+            for split in ("model_split", "random_split"):
+                t = self.tables.get(split)
+                hit = [] if t is None or t.empty else t[(t.param == p) & (t.model == kept)]
+                row[f"{split}_r2"] = float(hit["r2"].iloc[0]) if len(hit) else np.nan
+            rows.append(row)
+        return pd.DataFrame(rows).set_index("param")
+
+    def _ranges(self) -> dict:
+        if self.ranges:
+            return self.ranges
+        X = self.X if self.X is not None else pd.DataFrame()
+        return {c: (float(X[c].min()), float(X[c].max())) for c in X.columns}
+
+    def _outside(self, values: pd.DataFrame) -> pd.DataFrame:
+        """[rows x ranged columns] bool: a finite value outside its training range (unknown
+        values, NaN, are not flagged)."""
+        flags = {}
+        for c, (lo, hi) in self._ranges().items():
+            if c not in values.columns:
+                continue
+            v = values[c].to_numpy(np.float64)
+            with np.errstate(invalid="ignore"):
+                flags[c] = np.isfinite(v) & ((v < lo - 1e-9 * abs(lo)) | (v > hi + 1e-9 * abs(hi)))
+        return pd.DataFrame(flags, index=values.index, dtype=bool)
 
     # ---------- tables ----------
     def table(self, split: str = "random_split", metric: str = "r2") -> pd.DataFrame:

@@ -12,6 +12,9 @@ Choices, documented once:
   "before training" test; metrics are of the pooled out-of-fold predictions of the best grid point
   (a slight optimism from choosing among 2-3 settings; the target transform is fitted on all
   curves there). The bold entry of a table is the best test R^2 of that split (as Table 3).
+- Training range: the (min, max) of every feature and architecture column (`_features.EXTRA`,
+  with a dense multi-head model's values where the data lacks them) over the usable curves, so
+  that a prediction can say which of its inputs lie outside (`Predictor.predict`).
 - Kept per parameter: the best out-of-fold R^2 on the model split (random split's CV if there is
   none), never a test score; refit on all usable curves with its chosen settings. SHAP and PDP
   use the best tree model per parameter, chosen the same way.
@@ -35,6 +38,8 @@ from ._features import (
     TREES,
     TargetTransform,
     architecture_features,
+    range_columns,
+    training_ranges,
     transform_kind,
 )
 from ._predictor import Predictor
@@ -180,6 +185,7 @@ def train_predictors(
         raise ValueError("keys needs a 'model' column (to group the layers of one model)")
     keys = keys.reset_index(drop=True)
     feats = architecture_features(keys)
+    every = feats  # before dropping incomplete columns: their training range is still known
     notes = []
     for c in ("rotary_pct", "rotary_base"):  # e.g. absent for GPT-2-style models
         if c in feats and not np.isfinite(feats[c]).all():
@@ -250,6 +256,7 @@ def train_predictors(
         tables=tables, splits={"random_split": (tr, te)},
         model_folds=mfolds or [], X=pd.DataFrame(X, columns=features),
         keys=k[["model", "layer"]].assign(group=groups),
+        ranges=training_ranges(range_columns(keys[use], every[use])),
     )  # fmt: skip
     for j, p in enumerate(PARAM_NAMES):
         pred.transforms[p] = TargetTransform(kinds[p]).fit(P[:, j])

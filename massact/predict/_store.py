@@ -3,7 +3,9 @@
 `predictor.zip` holds
 ```
 massact_predictor.json   format, version, features, seed, choices, notes, splits, transforms
-                         (kind, mean, std, Yeo-Johnson lambda) and which file holds each model
+                         (kind, mean, std, Yeo-Johnson lambda), which file holds each model
+                         and the training range [min, max] of every feature and architecture
+                         column ("ranges"; optional: files saved before it use X's ranges)
 models/<param>.skops     scikit-learn models in skops' secure format (only the tree structure
                          `sklearn.tree._tree.Tree` is trusted beyond skops' defaults)
 models/<param>.xgb.json  XGBoost models in XGBoost's own JSON model format
@@ -119,7 +121,8 @@ def to_bytes(pred: Any) -> bytes:
         "splits": {s: [np.asarray(a).tolist() for a in ab] for s, ab in pred.splits.items()},
         "model_folds": [[np.asarray(a).tolist() for a in ab] for ab in pred.model_folds],
         "transforms": {p: t.to_dict() for p, t in pred.transforms.items()},
-        **refs, "versions": {"sklearn": sklearn.__version__, "xgboost": xgboost.__version__},
+        "ranges": _ranges_json(pred), **refs,
+        "versions": {"sklearn": sklearn.__version__, "xgboost": xgboost.__version__},
     }  # fmt: skip
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
@@ -129,6 +132,10 @@ def to_bytes(pred: Any) -> bytes:
             info.external_attr = 0o644 << 16
             zf.writestr(info, data)
     return buf.getvalue()
+
+
+def _ranges_json(pred: Any) -> dict[str, list[float]]:
+    return {str(c): [float(lo), float(hi)] for c, (lo, hi) in (pred.ranges or {}).items()}
 
 
 def write(pred: Any, path: str | Path) -> Path:
@@ -152,6 +159,7 @@ def write(pred: Any, path: str | Path) -> Path:
         "selection_split": pred.selection_split, "exclusions": pred.exclusions,
         "notes": pred.notes, "transforms": {p: t.kind for p, t in pred.transforms.items()},
         "tables": {s: t.to_dict(orient="records") for s, t in pred.tables.items()},
+        "ranges": _ranges_json(pred),
     }  # fmt: skip
     text = json.dumps(info, indent=1, default=float)
     atomic_write_bytes(path.with_suffix(".json"), text.encode())
@@ -319,13 +327,26 @@ def _fields(meta: Any, members: set[str], read) -> dict[str, Any]:
             _check(n_in == len(features), f"{name} takes {n_in} features, not {len(features)}")
             groups[group][p] = m
     _check(set(groups["models"]) == set(PARAM_NAMES), "a model per parameter")
+    ranges = _read_ranges(meta.get("ranges", {}))  # absent in files saved before: from X
     return {
         "features": features, "seed": meta["seed"], "exclusions": meta["exclusions"],
         "notes": meta["notes"], "selection_split": meta["selection_split"], "tables": tables,
         "splits": splits, "model_folds": folds, "X": X, "keys": keys, "transforms": transforms,
         "models": groups["models"], "best": best, "tree_models": groups["tree_models"],
-        "best_tree": best_tree,
+        "best_tree": best_tree, "ranges": ranges,
     }  # fmt: skip
+
+
+def _read_ranges(v: Any) -> dict[str, tuple[float, float]]:
+    """The training ranges: name -> [min, max], finite numbers with min <= max."""
+    _check(isinstance(v, dict), "ranges must be an object")
+    out = {}
+    for name, pair in v.items():
+        ok = isinstance(pair, list) and len(pair) == 2
+        ok = ok and all(type(x) in (int, float) and np.isfinite(x) for x in pair)
+        _check(ok and pair[0] <= pair[1], f"ranges[{name!r}] must be [min, max]")
+        out[name] = (float(pair[0]), float(pair[1]))
+    return out
 
 
 def _refuse_non_zip(path: Path, head: bytes) -> None:
