@@ -27,18 +27,19 @@ ARCHS = {
 N_SAMPLES = 4
 
 
-def _params(model: str, layer: int, depth: int) -> np.ndarray:
+def _params(scale: float, layer: int, depth: int) -> np.ndarray:
     """(A, lam, gamma, t0, K): middle layers 'log increase', edge layers an early peak."""
     edge = layer in (0, depth - 1)
     lam = 0.8 if edge else 0.01
-    scale = {"m-a": 1.0, "m-b": 2.0, "m-c": 3.0}[model]
     return np.array([4.0 * scale, lam, 2e-3, 1.0, 3.0 + layer])
 
 
-def build_dataset(root, seed: int = 0) -> None:
+def build_dataset(root, seed: int = 0, archs: dict | None = None) -> None:
+    """The dataset of `archs` (model -> (L, d, H, d_ff, n_params); default ARCHS); the i-th
+    model's A is 4 (i + 1)."""
     rng = np.random.default_rng(seed)
     arch_rows = []
-    for model, (L, d, H, d_ff, n_params) in ARCHS.items():
+    for i, (model, (L, d, H, d_ff, n_params)) in enumerate((archs or ARCHS).items()):
         arch_rows.append(
             {"suite": "synthetic", "model": model, "L": L, "d": d, "H": H, "d_ff": d_ff,
              "rotary_pct": 0.25, "rotary_base": 10000.0, "n_params": n_params,
@@ -47,7 +48,7 @@ def build_dataset(root, seed: int = 0) -> None:
         for step in STEPS:
             rows = []
             for layer in range(L):
-                ratio = curve(np.array([float(step)]), _params(model, layer, L)[None])[0, 0]
+                ratio = curve(np.array([float(step)]), _params(i + 1.0, layer, L)[None])[0, 0]
                 for sample in range(N_SAMPLES):
                     median = 0.5 + 0.1 * sample
                     r = ratio * (1 + 0.02 * rng.standard_normal())

@@ -2,9 +2,11 @@
 
 Functions of a fitted predictor (its best tree model per parameter, `tree_models`, and training
 features `X`); `Predictor.shap_values` / `shap_importance` / `shap_figures` / `pdp_figures`
-delegate here. The predictor is taken by what it holds (`Explainable`), so this module does not
-import `_predictor`. shap, matplotlib and sklearn.inspection are imported on first use only:
-importing the prediction stage must stay cheap.
+(a figure per parameter) and `shap_grid_figures` / `pdp_grid_figures` (the report's: one figure
+per kind, every parameter in it) delegate here. The predictor is taken by what it holds
+(`Explainable`), so this module does not import `_predictor`. shap, matplotlib and
+sklearn.inspection are imported on first use only: importing the prediction stage must stay
+cheap.
 """
 
 from __future__ import annotations
@@ -96,6 +98,107 @@ def pdp_figures(pred: Explainable, out_dir, top: int = 3) -> list[Path]:
     return paths
 
 
+# the report's figures: one per kind, every parameter in it, labels legible at page width
+_RC = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "xtick.labelsize": 10,
+       "ytick.labelsize": 10, "legend.fontsize": 9}  # fmt: skip
+
+
+def shap_grid_figures(pred: Explainable, out_dir) -> list[Path]:
+    """The report's SHAP figures, one per kind: shap_beeswarm.png (a panel per parameter, as
+    paper Figs. 9a/10), shap_importance.png (mean |SHAP|, features x parameters, one heatmap)
+    and shap_waterfall_<p>.png (K's highest prediction, as Fig. 9b)."""
+    import shap
+
+    plt = _plt()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sv = shap_values(pred)
+    if not sv:
+        return []
+    paths = []
+    with plt.rc_context(_RC):
+        ncol = min(3, len(sv) + 1)
+        nrow = -(-(len(sv) + 1) // ncol)  # one cell more: the colour key
+        fig, axes = plt.subplots(nrow, ncol, figsize=(5.6 * ncol, 4.4 * nrow), squeeze=False)
+        cells = axes.ravel()
+        for ax, (p, e) in zip(cells, sv.items()):
+            shap.plots.beeswarm(e, max_display=8, ax=ax, show=False, plot_size=None,
+                                color_bar=False, s=14)  # fmt: skip
+            ax.set_title(f"{p} ({pred.best_tree[p]})", fontsize=13)
+            ax.set_xlabel("SHAP value")
+            ax.tick_params(axis="y", labelsize=11)
+        key = cells[len(sv)]
+        key.axis("off")
+        from matplotlib.cm import ScalarMappable
+
+        cax = key.inset_axes([0.05, 0.15, 0.06, 0.7])
+        bar = fig.colorbar(ScalarMappable(cmap=shap.plots.colors.red_blue), cax=cax, ticks=[0, 1])
+        bar.ax.set_yticklabels(["low", "high"])
+        key.text(0.3, 0.5, "colour: the feature's value\n(low to high, per feature)\n\n"
+                 "one dot per training layer;\nx: its SHAP value, the effect on\nthe "
+                 "standardised transformed\nparameter; rows: the 8 most\nimportant features",
+                 transform=key.transAxes, va="center", fontsize=11)  # fmt: skip
+        for ax in cells[len(sv) + 1 :]:
+            ax.set_visible(False)
+        fig.suptitle("SHAP per parameter (beeswarm) of its best tree model", fontsize=14)
+        fig.tight_layout(rect=(0, 0, 1, 0.96))
+        paths.append(_save(plt, out / "shap_beeswarm.png", None))
+
+        imp = shap_importance(pred)
+        fig, ax = plt.subplots(figsize=(1.3 * imp.shape[1] + 3.5, 0.42 * len(imp) + 1.6))
+        share = imp / imp.sum(axis=0).where(imp.sum(axis=0) > 0, 1.0)
+        im = ax.imshow(share.to_numpy(), aspect="auto", cmap="Blues", vmin=0)
+        ax.set_xticks(range(imp.shape[1]), [f"{p}\n({pred.best_tree[p]})" for p in imp.columns])
+        ax.set_yticks(range(len(imp)), list(imp.index))
+        for (i, j), v in np.ndenumerate(imp.to_numpy()):
+            dark = share.iat[i, j] > 0.6 * float(np.nanmax(share.to_numpy()))
+            ax.text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=9,
+                    color="white" if dark else "black")  # fmt: skip
+        fig.colorbar(im, ax=ax, label="share of the parameter's total mean |SHAP|")
+        paths.append(_save(plt, out / "shap_importance.png", "mean |SHAP| per feature"))
+
+        p = "K" if "K" in sv else next(iter(sv))
+        i = int(np.argmax(sv[p].values.sum(1)))
+        plt.figure(figsize=(8, 5))
+        shap.plots.waterfall(sv[p][i], max_display=10, show=False)
+        lay = pred.keys.iloc[i]
+        title = f"{p}: layer {lay['layer']} of {lay['model']} (highest prediction)"
+        paths.append(_save(plt, out / f"shap_waterfall_{p}.png", title))
+    return paths
+
+
+def pdp_grid_figures(pred: Explainable, out_dir, top: int = 3) -> list[Path]:
+    """The report's partial dependence figure, pdp.png: a row per parameter, its best tree
+    model's partial dependence on its `top` SHAP features."""
+    from sklearn.inspection import PartialDependenceDisplay
+
+    plt = _plt()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    imp, X = shap_importance(pred), pred.X.to_numpy(np.float64)
+    params = list(pred.tree_models)
+    if not params:
+        return []
+    top = max(1, min(top, len(pred.features)))
+    with plt.rc_context(_RC):
+        fig, axes = plt.subplots(len(params), top, figsize=(4.0 * top, 2.9 * len(params)),
+                                 squeeze=False)  # fmt: skip
+        for r, p in enumerate(params):
+            idx = [int(i) for i in np.argsort(-imp[p].to_numpy(), kind="stable")[:top]]
+            PartialDependenceDisplay.from_estimator(
+                pred.tree_models[p], X, idx, feature_names=pred.features, grid_resolution=25,
+                ax=axes[r, : len(idx)],
+            )  # fmt: skip
+            for ax in axes[r, : len(idx)]:
+                ax.set_ylabel("")
+            axes[r, 0].set_ylabel(f"{p} ({pred.best_tree[p]})")
+        fig.suptitle("Partial dependence of each parameter's best tree model on its top SHAP "
+                     "features [standardised transformed target]", fontsize=13)  # fmt: skip
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
+        path = _save(plt, out / "pdp.png", None)
+    return [path]
+
+
 def _plt():
     import matplotlib
 
@@ -106,14 +209,15 @@ def _plt():
     return plt
 
 
-def _save(plt, path: Path, title: str) -> Path:
+def _save(plt, path: Path, title: str | None) -> Path:
     """Write the current figure to `path` atomically (the last good copy survives a kill or a
-    full disk) and close it."""
+    full disk) and close it; `title` (None: the figure has its own) says what the axes show."""
     from ..dataset import atomic_write_bytes
 
     fig = plt.gcf()
     try:
-        fig.suptitle(title + "  [standardised transformed target]", fontsize=9)
+        if title is not None:
+            fig.suptitle(title + "  [standardised transformed target]", fontsize=12)
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     finally:

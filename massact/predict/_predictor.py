@@ -251,8 +251,19 @@ class Predictor:
                 parts.append("\n".join(lines) + "\n")
         sel = ", ".join(f"{p}: {m}" for p, m in self.best.items())
         parts.append(f"Kept per parameter (best out-of-fold R^2, {self.selection_split}): {sel}.\n")
-        parts.append(f"Curves: {self.exclusions}.\n")
+        parts.append(f"Curves: {self.exclusions_text()}.\n")
         return "\n".join(parts)
+
+    def exclusions_text(self) -> str:
+        """Which curves trained the predictor, in words: "trained on 18 of 26 curves (left out:
+        8 degenerate parameters)"."""
+        exc = dict(self.exclusions or {})
+        words = {"fit_failed": "fit failed", "degenerate_params": "degenerate parameters",
+                 "non_finite_params": "non-finite parameters",
+                 "non_finite_features": "non-finite features"}  # fmt: skip
+        left = [f"{int(exc[k])} {w}" for k, w in words.items() if exc.get(k)]
+        text = f"trained on {int(exc.get('used', 0))} of {int(exc.get('total', 0))} curves"
+        return text + (f" (left out: {', '.join(left)})" if left else "")
 
     # ---------- persistence ----------
     def save(self, path) -> Path:
@@ -285,6 +296,15 @@ class Predictor:
     def pdp_figures(self, out_dir, top: int = 3) -> list[Path]:
         """Partial dependence of each parameter's best tree model on its top SHAP features."""
         return _explain.pdp_figures(self, out_dir, top)
+
+    def shap_grid_figures(self, out_dir) -> list[Path]:
+        """The report's SHAP figures, one per kind: beeswarm (a panel per parameter), mean
+        |SHAP| (one heatmap), waterfall (K's highest prediction)."""
+        return _explain.shap_grid_figures(self, out_dir)
+
+    def pdp_grid_figures(self, out_dir, top: int = 3) -> list[Path]:
+        """The report's partial dependence figure: a row per parameter, `top` features each."""
+        return _explain.pdp_grid_figures(self, out_dir, top)
 
 
 def predict_from_config(

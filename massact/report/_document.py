@@ -6,13 +6,18 @@ fits.parquet         FitResult.to_frame() joined with the trajectory keys
 hypotheses.parquet   fit_hypotheses() table
 predictor/           Predictor.save()
 predictions.parquet  predicted parameters per (model, layer) for the suite's own architectures
-figures/*.png        paper Figs. 2-8, SHAP/PDP Figs. 9-10
-tables/*.csv         Tables 1, 2, 3, 5 as CSV
+figures/*.png        paper Figs. 2-8 (Figs. 3-4: every model), SHAP/PDP Figs. 9-10 (one figure
+                     per kind, a panel per parameter)
+tables/*.csv         Tables 1, 2, 3, 5 and features.csv (every feature name, its meaning and its
+                     training range) as CSV
 provenance.json      versions, seed, git commit, device, wall time per stage
 report.md, report.html (figures embedded as base64)
 ```
 The tables come from `_tables`, the figures from `_figures` (`all_figures` lists them with
-their captions) and the predictor's own SHAP / partial-dependence figures.
+their captions) and the predictor's own SHAP / partial-dependence figures. Both documents open
+with a table of contents: every heading, table and figure has an anchor (the same id in
+report.md and report.html). Markdown in the text (`code`, **bold**) is rendered in the HTML;
+fit statuses are named (FitResult.status_counts, FitStatus.message).
 Every file is written atomically (massact.dataset.atomic_write_bytes): a kill or a full disk
 during a re-run leaves the last good copy of each file, and the error names the file.
 """
@@ -22,6 +27,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +42,7 @@ from ._tables import (
     html_table,
     markdown_table,
     row_best,
+    status_table,
     table1,
     table2,
     table3,
@@ -48,40 +55,119 @@ if TYPE_CHECKING:
     from ..predict import Predictor
 
 
+_CODE = re.compile(r"`([^`]+)`")
+_BOLD = re.compile(r"\*\*(.+?)\*\*")
+
+
+def inline_html(text: str) -> str:
+    """Markdown inline text as HTML: escaped, `code` and **bold** rendered (no raw backticks)."""
+    out = html.escape(text)
+    out = _CODE.sub(lambda m: f"<code>{m.group(1)}</code>", out)
+    return _BOLD.sub(lambda m: f"<b>{m.group(1)}</b>", out)
+
+
+def _slug(text: str) -> str:
+    words = re.sub(r"[^0-9a-z]+", "-", text.lower()).strip("-")
+    return words[:60].rstrip("-") or "section"
+
+
 class _Doc:
-    """A report as blocks, rendered to both markdown and HTML."""
+    """A report as blocks, rendered to both markdown and HTML, with a table of contents: every
+    heading, table and figure gets an anchor (the same id in both) and an entry."""
 
     def __init__(self) -> None:
         self.md: list[str] = []
         self.html: list[str] = []
+        self.entries: list[tuple[int, str, str]] = []  # (level, text, anchor)
+        self._anchors: set[str] = set()
+        self._toc_at: int | None = None
+        self._level = 1
+
+    def anchor(self, text: str) -> str:
+        base = _slug(text)
+        name, n = base, 2
+        while name in self._anchors:
+            name, n = f"{base}-{n}", n + 1
+        self._anchors.add(name)
+        return name
 
     def heading(self, text: str, level: int = 2) -> None:
-        self.md.append("#" * level + " " + text)
-        self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
+        aid = self.anchor(text)
+        if level > 1:
+            self.entries.append((level, text, aid))
+            self._level = level
+        self.md.append(f'<a id="{aid}"></a>\n\n' + "#" * level + " " + text)
+        self.html.append(f'<h{level} id="{aid}">{html.escape(text)}</h{level}>')
+
+    def contents(self) -> None:
+        """Where the table of contents goes (filled in by `render`)."""
+        self._toc_at = len(self.md)
+        self.md.append("")
+        self.html.append("")
 
     def para(self, text: str) -> None:
         self.md.append(text)
-        self.html.append(f"<p>{html.escape(text)}</p>")
+        self.html.append(f"<p>{inline_html(text)}</p>")
+
+    def bullets(self, items: list[str]) -> None:
+        self.md.append("\n".join(f"- {n}" for n in items))
+        self.html.append("<ul>" + "".join(f"<li>{inline_html(n)}</li>" for n in items) + "</ul>")
 
     def table(
         self, frame: pd.DataFrame, caption: str, *, floatfmt=".4f", bold=None, csv: Path = None
     ) -> None:
-        self.md.append(f"**{caption}**\n\n" + markdown_table(frame, floatfmt=floatfmt, bold=bold))
+        aid = self.anchor(caption.split(".")[0] if caption.startswith("Table") else caption)
+        self.entries.append((self._level + 1, _short(caption), aid))
+        self.md.append(
+            f'<a id="{aid}"></a>\n\n**{caption}**\n\n'
+            + markdown_table(frame, floatfmt=floatfmt, bold=bold)
+        )
         self.html.append(
-            f"<p><b>{html.escape(caption)}</b></p>"
+            f'<p id="{aid}"><b>{inline_html(caption)}</b></p>'
             + html_table(frame, floatfmt=floatfmt, bold=bold)
         )
         if csv is not None:
             atomic_write_bytes(csv, frame.to_csv().encode())
 
     def figure(self, path: Path, caption: str, root: Path) -> None:
+        aid = self.anchor("figure " + path.stem)
+        self.entries.append((self._level + 1, _short(caption), aid))
         rel = path.relative_to(root).as_posix()
-        self.md.append(f"![{caption}]({rel})\n\n*{caption}*")
+        self.md.append(f'<a id="{aid}"></a>\n\n![{caption}]({rel})\n\n*{caption}*')
         data = base64.b64encode(path.read_bytes()).decode("ascii")
         self.html.append(
-            f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+            f'<figure id="{aid}"><img src="data:image/png;base64,{data}" '
+            f'alt="{html.escape(caption)}"><figcaption>{inline_html(caption)}</figcaption></figure>'
         )
+
+    def render(self) -> tuple[str, str]:
+        """(markdown, HTML body) with the table of contents in place."""
+        md, body = list(self.md), list(self.html)
+        if self._toc_at is not None:
+            top = min((lv for lv, _, _ in self.entries), default=2)
+            md[self._toc_at] = "## Contents\n\n" + "\n".join(
+                "  " * (lv - top) + f"- [{text}](#{aid})" for lv, text, aid in self.entries
+            )
+            items, depth = [], 0  # nested lists: a deeper entry opens a list in its parent's <li>
+            for lv, text, aid in self.entries:
+                want = lv - top + 1
+                if want > depth:
+                    items.append("<ul><li>" * (want - depth))
+                else:
+                    items.append("</li></ul>" * (depth - want) + "</li><li>")
+                depth = want
+                items.append(f'<a href="#{aid}">{inline_html(text)}</a>')
+            items.append("</li></ul>" * depth)
+            body[self._toc_at] = '<nav id="contents"><h2>Contents</h2>' + "".join(items) + "</nav>"
+        return "\n\n".join(md) + "\n", "\n".join(body)
+
+
+def _short(caption: str, width: int = 90) -> str:
+    """A caption cut to `width` characters at a word, for the table of contents."""
+    text = caption.rstrip(".")
+    if len(text) <= width:
+        return text
+    return text[: width - 3].rsplit(" ", 1)[0].rstrip(",;:") + "..."
 
 
 _CSS = (
@@ -92,7 +178,19 @@ _CSS = (
 )
 
 
+_PREDICTOR_CAPTIONS = {
+    "shap_beeswarm": "Fig. 9a/10: SHAP summary (beeswarm) of each parameter's best tree model, "
+    "a panel per parameter.",
+    "shap_importance": "Fig. 10b: mean |SHAP| per feature and parameter (the share of the "
+    "parameter's total in colour, the value in each cell).",
+    "pdp": "Partial dependence of each parameter's best tree model on its three most important "
+    "features, a row per parameter.",
+}
+
+
 def _predictor_caption(stem: str) -> str:
+    if stem in _PREDICTOR_CAPTIONS:
+        return _PREDICTOR_CAPTIONS[stem]
     kind, _, param = stem.rpartition("_")
     text = {
         "shap_beeswarm": "SHAP summary (beeswarm) of the best tree model, as paper Figs. 9a/10",
@@ -104,9 +202,12 @@ def _predictor_caption(stem: str) -> str:
 
 
 def _predictor_figures(predictor: Predictor, fig_dir: Path) -> list[Path]:
-    """SHAP (Figs. 9-10) and partial dependence figures from the predictor, if it makes them."""
+    """SHAP (Figs. 9-10) and partial dependence figures from the predictor, if it makes them:
+    one figure per kind (`shap_grid_figures`, `pdp_grid_figures`), else one per parameter."""
     paths: list[Path] = []
-    for name in ("shap_figures", "pdp_figures"):
+    grid = all(hasattr(predictor, n) for n in ("shap_grid_figures", "pdp_grid_figures"))
+    names = ("shap_grid_figures", "pdp_grid_figures") if grid else ("shap_figures", "pdp_figures")
+    for name in names:
         method = getattr(predictor, name, None)
         if method is None:
             continue
@@ -123,26 +224,36 @@ def all_figures(
     traj: Trajectories,
     fit: FitResult | None,
     *,
-    max_trajectory_models: int = 4,
+    max_trajectory_models: int | None = None,
 ) -> dict[str, Any]:
-    """Every figure the report shows: name -> (path, caption). Skips fit figures without a fit."""
+    """Every figure the report shows: name -> (path, caption). Skips fit figures without a fit.
+    Figs. 3 and 4 show every model (Fig. 4 one figure per model) unless max_trajectory_models
+    limits Fig. 4 to that many, spread over the size order (the caption then says so)."""
     out = Path(out_dir)
     figs: dict[str, Any] = {}
     figs["fig2"] = (
         _figures.fig_final_ratio(dataset, out / "fig2_final_ratio.png"),
         "Fig. 2: parameter count vs the final top1/median ratio (max over layers, last step).",
     )
+    present = set(dataset.stats["model"].astype(str))
+    order = [m for m in _figures.model_order(dataset) if m in present]
     figs["fig3"] = (
-        _figures.fig_top_activations(dataset, out / "fig3_top_activations.png"),
+        _figures.fig_top_activations(dataset, out / "fig3_top_activations.png", order),
         "Fig. 3: top-1..3 activations and median per layer at the first (dashed) and last "
-        "(solid) step.",
+        f"(solid) step, a panel per model (all {len(order)}).",
     )
-    order = _figures.model_order(dataset)
-    for model in _figures.pick_models(order, max_trajectory_models):
+    shown = (
+        order
+        if max_trajectory_models is None
+        else _figures.pick_models(order, max_trajectory_models)
+    )
+    partial = len(shown) < len(order)
+    for model in shown:
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in model)
         figs[f"fig4_{safe}"] = (
             _figures.fig_ratio_trajectories(dataset, out / f"fig4_trajectories_{safe}.png", model),
-            f"Fig. 4: top-1..3 to median ratios during training, {model}, one panel per layer.",
+            f"Fig. 4: top-1..3 to median ratios during training, {model}, one panel per layer"
+            + (f" ({len(shown)} of {len(order)} models shown)." if partial else "."),
         )
     figs["fig5"] = (
         _figures.fig_peak_heatmaps(traj, out / "fig5_peak_heatmaps.png"),
@@ -163,6 +274,57 @@ def all_figures(
             "masked where no peak is observable.",
         )
     return figs
+
+
+def _predictor_summary(doc: _Doc, predictor: Predictor) -> None:
+    """Which curves trained the predictor, its notes, and each parameter's kept model with its
+    test R^2 on whole held-out models (the score for an architecture it never saw)."""
+    if hasattr(predictor, "exclusions_text") and getattr(predictor, "exclusions", None):
+        text = predictor.exclusions_text()
+        doc.para(text[:1].upper() + text[1:] + ".")
+    notes = [str(n) for n in getattr(predictor, "notes", []) or []]
+    if notes:
+        doc.bullets(notes)
+    if hasattr(predictor, "skill"):
+        skill = predictor.skill().rename(
+            columns={
+                "model": "kept model",
+                "model_split_r2": "R² whole held-out models",
+                "random_split_r2": "R² random layer split",
+            }  # fmt: skip
+        )
+        skill.index.name = "parameter"
+        doc.table(
+            skill,
+            "Kept model per parameter and its test R² (transformed, standardised space; "
+            "<= 0: no better than the training mean). `massact predict` prints this beside "
+            "every prediction.",
+            floatfmt=".3f",
+        )
+
+
+def _predictor_legend(doc: _Doc, predictor: Predictor, tab_dir: Path) -> None:
+    """Every feature name explained, whether the models use it, and its training range: the
+    range outside which `massact predict` warns that it extrapolates."""
+    if hasattr(predictor, "training_range"):
+        legend = predictor.training_range()
+        legend["feature"] = legend["feature"].map({True: "yes", False: "no"})
+        legend = legend.rename(
+            columns={"min": "training min", "max": "training max", "feature": "used by models"}
+        )[["meaning", "used by models", "training min", "training max"]]
+    else:
+        from ..predict._features import MEANINGS
+
+        names = list(getattr(predictor, "features", []))
+        legend = pd.DataFrame({"meaning": [MEANINGS.get(n, "") for n in names]}, index=names)
+    legend.index.name = "feature"
+    doc.table(
+        legend,
+        "Features: what each name means (l: 1-based layer index, L layers, d hidden size, "
+        "H heads, d_ff MLP width) and its range over the training curves.",
+        floatfmt=".4g",
+        csv=tab_dir / "features.csv",
+    )
 
 
 def write_report(
@@ -189,17 +351,14 @@ def write_report(
         f"{dataset.stats['sample'].nunique()} sequences per checkpoint."
         + (f" Dataset: `{dataset.root}`." if dataset.root is not None else "")
     )
-    run_notes = list((provenance or {}).get("notes") or [])
+    doc.contents()
+    run_notes = [str(n) for n in (provenance or {}).get("notes") or []]
     if run_notes:
-        doc.heading("Notes", 3)
-        doc.md.append("\n".join(f"- {n}" for n in run_notes))
-        doc.html.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in run_notes))
-        doc.html.append("</ul>")
+        doc.heading("Notes")
+        doc.bullets(run_notes)
     if dataset.notes:
-        doc.heading("Skipped inputs", 3)
-        doc.md.append("\n".join(f"- {n}" for n in dataset.notes))
-        doc.html.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in dataset.notes))
-        doc.html.append("</ul>")
+        doc.heading("Skipped inputs")
+        doc.bullets([str(n) for n in dataset.notes])
 
     doc.heading("Fits of Eq. 9")
     if fit is not None:
@@ -213,6 +372,7 @@ def write_report(
             f"(status counts: {status}); "
             f"compile {fit.compile_seconds:.2f} s, run {fit.run_seconds:.2f} s."
         )
+        doc.table(status_table(fit), "Fit status: curves per outcome, and what it means.")
         doc.table(
             table1(traj, fit),
             "Table 1. Mean layer-wise R² of the Eq. 9 fit per model.",
@@ -249,6 +409,7 @@ def write_report(
     pred_figs: list[Path] = []
     if predictor is not None:
         doc.heading("Predicting the curve from the architecture")
+        _predictor_summary(doc, predictor)
         for split, caption in (
             ("random_split", "random 80/20 split over layers (the paper's protocol)"),
             ("model_split", "held-out whole models (prediction before training)"),
@@ -272,6 +433,7 @@ def write_report(
                 )
                 if metric == "r2" and wide is frame:
                     break  # already wide: one table holds everything
+        _predictor_legend(doc, predictor, tab_dir)
         pred_figs = _predictor_figures(predictor, fig_dir)
 
     doc.heading("Figures")
@@ -305,8 +467,8 @@ def write_report(
     doc.html.append(f"<pre>{html.escape(listing)}</pre>")
 
     md_path = out / "report.md"
-    atomic_write_bytes(md_path, ("\n\n".join(doc.md) + "\n").encode("utf-8"))
-    page = "\n".join(doc.html)
+    md_text, page = doc.render()
+    atomic_write_bytes(md_path, md_text.encode("utf-8"))
     atomic_write_bytes(
         out / "report.html",
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"

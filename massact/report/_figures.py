@@ -114,12 +114,19 @@ def pick_models(order: list[str], n: int = 3) -> list[str]:
 def fig_top_activations(
     dataset: Dataset, path: str | Path, models: list[str] | None = None
 ) -> Path:
-    """Fig. 3: top-k |h| and median per layer at the first (dashed) and last (solid) step."""
+    """Fig. 3: top-k |h| and median per layer at the first (dashed) and last (solid) step, a
+    panel per model (every model of the dataset unless `models` names some), in size order."""
     means = layer_means(dataset.stats)
-    models = models or pick_models(model_order(dataset))
+    present = set(means["model"].astype(str))
+    models = models or [m for m in model_order(dataset) if m in present]
     tops = top_columns(dataset.stats.columns)[:3]
-    fig = Figure(layout="constrained", figsize=(4.2 * len(models), 3.6))
-    axes = fig.subplots(1, len(models), squeeze=False)[0]
+    ncol = max(1, min(len(models), 3))
+    nrow = math.ceil(len(models) / ncol)
+    fig = Figure(layout="constrained", figsize=(3.7 * ncol, 3.2 * nrow + 0.5))
+    grid = fig.subplots(nrow, ncol, squeeze=False)
+    axes = grid.ravel()
+    for ax in axes[len(models) :]:
+        ax.set_visible(False)
     for ax, model in zip(axes, models):
         sub = means[means["model"] == model]
         first, last = sub["step"].min(), sub["step"].max()
@@ -136,14 +143,22 @@ def fig_top_activations(
                     label=f"{c} step {int(step)}",
                 )
         ratio = sub[sub["step"] == last]["ratio1"].max()
-        ax.set_title(f"{model}: final top1/median {ratio:.3g}")
+        ax.set_title(f"{model}: final top1/median {ratio:.3g}", fontsize=11)
         ax.set_xlabel("layer")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_yscale("log")
+        ax.tick_params(labelsize=10)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("|activation| (mean over sequences)")
-    handles, labels = axes[-1].get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=7, ncol=4, loc="lower center", bbox_to_anchor=(0.5, -0.12))
+    for row in grid:
+        row[0].set_ylabel("|activation|, mean over sequences")
+    # one key for every panel: colour = statistic, dashed = first step, solid = last step
+    from matplotlib.lines import Line2D
+
+    names = [*tops, "median"]
+    handles = [Line2D([], [], color=f"C{j}", marker="o", ms=3) for j in range(len(names))]
+    handles += [Line2D([], [], color="k", ls="--"), Line2D([], [], color="k", ls="-")]
+    fig.legend(handles, [*names, "first step", "last step"], fontsize=9, loc="outside lower center",
+               ncol=len(handles))  # fmt: skip
     return _save(fig, path)
 
 
@@ -163,12 +178,12 @@ def fig_ratio_trajectories(dataset: Dataset, path: str | Path, model: str) -> Pa
         rows = sub[sub["layer"] == layer].sort_values("step")
         for j, c in enumerate(ratio_cols):
             ax.plot(rows["step"], rows[c], color=f"C{j}", lw=1.2, label=f"top{c[5:]}/median")
-        ax.set_title(f"layer {int(layer)}", fontsize=9)
-        ax.tick_params(labelsize=7)
+        ax.set_title(f"layer {int(layer)}", fontsize=11)
+        ax.tick_params(labelsize=9)
         ax.grid(alpha=0.3)
     for ax in axes[len(layers) :]:
         ax.set_visible(False)
-    axes[0].legend(fontsize=6)
+    axes[0].legend(fontsize=8)
     fig.suptitle(f"{model}: ratio of top activations to median during training")
     fig.supxlabel("training step")
     return _save(fig, path)
@@ -222,7 +237,8 @@ def fig_peak_heatmaps(traj: Trajectories, path: str | Path, n_bins: int = 10) ->
             if layer in sub.index:
                 mag[i, j] = sub.at[layer, "peak_ratio"]
                 step[i, j] = sub.at[layer, "peak_step"]
-    fig = Figure(layout="constrained", figsize=(max(6.0, 1.1 * len(models) * 2 + 2), 4.2))
+    # about the page's width (1100 px at 110 dpi): labels print near their nominal size
+    fig = Figure(layout="constrained", figsize=(min(max(8.0, 1.1 * len(models) + 3), 12.0), 4.6))
     axes = fig.subplots(1, 2)
     for ax, data, title, cmap in (
         (axes[0], mag, "a) peak top1/median ratio", "magma"),
@@ -234,10 +250,10 @@ def fig_peak_heatmaps(traj: Trajectories, path: str | Path, n_bins: int = 10) ->
             np.ma.masked_invalid(data), aspect="auto", origin="upper", cmap=cmap, norm=norm
         )
         fig.colorbar(im, ax=ax, shrink=0.85)
-        ax.set_xticks(range(len(models)), models, rotation=45, ha="right", fontsize=8)
-        ax.set_yticks(range(n_bins), [f"{c:.2f}" for c in centres], fontsize=7)
-        ax.set_title(title)
-    axes[0].set_ylabel("relative depth (layer / L)")
+        ax.set_xticks(range(len(models)), models, rotation=45, ha="right", fontsize=10)
+        ax.set_yticks(range(n_bins), [f"{c:.2f}" for c in centres], fontsize=10)
+        ax.set_title(title, fontsize=12)
+    axes[0].set_ylabel("relative depth (layer / L)", fontsize=11)
     return _save(fig, path)
 
 
@@ -247,7 +263,10 @@ def fitted(fit: FitResult) -> np.ndarray:
     Wider than `fit.ok()`, which also needs finite Eq. 9 parameters: a log-increase curve
     fitted with beta -> 0 has a good fit (and curve) but gamma = exp(A2/A1) overflows.
     """
-    return np.isfinite(fit.r2) & np.isin(fit.status, (0, 1))
+    from ..curves import FitStatus
+
+    usable = (FitStatus.CONVERGED, FitStatus.MAX_ITERATIONS)
+    return np.isfinite(fit.r2) & np.isin(fit.status, [int(s) for s in usable])
 
 
 def _row_of(keys: pd.DataFrame, model: str, layer: int) -> int | None:
@@ -305,7 +324,7 @@ def fig_r2(traj: Trajectories, fit: FitResult, path: str | Path) -> Path:
     data = [fit.r2[(names == m) & ok] for m in models]
     shown = [d if d.size else np.array([np.nan]) for d in data]
     ax_a.boxplot(shown, tick_labels=models)
-    ax_a.tick_params(axis="x", rotation=45, labelsize=8)
+    ax_a.tick_params(axis="x", rotation=45, labelsize=10)
     ax_a.set_ylabel("R²")
     ax_a.set_title("a) R² of the Eq. 9 fit per model")
     for j, m in enumerate(models):

@@ -82,6 +82,22 @@ def fit_frame(traj: Trajectories, fit: FitResult) -> pd.DataFrame:
     return pd.concat([keys, frame.drop(columns=dup)], axis=1)
 
 
+def status_table(fit: FitResult) -> pd.DataFrame:
+    """Curves per fit status, by name (FitResult.status_counts) with what each one means."""
+    from ..curves import FitStatus
+
+    counts = fit.status_counts()
+    by_label = {s.label: s for s in FitStatus}
+    frame = pd.DataFrame(
+        {
+            "curves": [int(n) for n in counts.values()],
+            "meaning": [by_label[k].message if k in by_label else "" for k in counts],
+        },
+        index=pd.Index(list(counts), name="status"),
+    )
+    return frame
+
+
 def table1(traj: Trajectories, fit: FitResult) -> pd.DataFrame:
     """Table 1: mean R^2 of the Eq. 9 fit per model (over curves whose fit converged)."""
     ok = _figures.fitted(fit)
