@@ -85,6 +85,9 @@ def test_predict_names_the_features_outside_the_range(narrow):
     far = pred.extrapolation(wide)
     assert far.loc["d"].to_dict() == {"asked_min": 128.0, "asked_max": 128.0, "train_min": 64.0,
                                       "train_max": 64.0, "layers_outside": wide["L"]}  # fmt: skip
+    deep = pred.extrapolation({**wide, "d": 64, "d_ff": 128, "L": 4 * int(keys.L.max())})
+    low = deep.loc["l/L"]  # the values of the layers outside only, all below the range
+    assert low.asked_max < low.train_min and 0 < low.layers_outside < 4 * keys.L.max()
     # a mixture of experts is outside a dense training set even where no feature sees it
     moe = pred.predict({**seen.iloc[0][["L", "d", "H", "d_ff"]].to_dict(), "n_experts": 8,
                         "rotary_pct": 0.25, "rotary_base": 1e4})  # fmt: skip

@@ -159,15 +159,15 @@ class Predictor:
 
     def extrapolation(self, arch: dict | pd.DataFrame) -> pd.DataFrame:
         """The inputs of `arch` outside the training range: per such feature or column, the
-        asked values' min and max over the layers, the training min and max, and the layers
-        outside. Empty when the prediction interpolates."""
+        min and max of its values over the layers outside, the training min and max, and the
+        number of layers outside. Empty when the prediction interpolates."""
         rows = self.layer_rows(arch)
         values = range_columns(rows)
         outside = self._outside(values)
         rng = self._ranges()
         out = []
         for c in outside.columns[outside.any(axis=0).to_numpy()]:
-            v = values[c].to_numpy(np.float64)
+            v = values[c].to_numpy(np.float64)[outside[c].to_numpy()]  # the layers outside
             out.append(
                 {"name": c, "asked_min": float(np.nanmin(v)), "asked_max": float(np.nanmax(v)),
                  "train_min": rng[c][0], "train_max": rng[c][1],
@@ -307,11 +307,10 @@ class Predictor:
         return _explain.pdp_grid_figures(self, out_dir, top)
 
 
-def predict_from_config(
-    config: str | Path | dict, predictor_path, horizon: int | None = None
-) -> pd.DataFrame:
-    """Per-layer predictions for the architecture in `config` from a saved predictor
-    (its predictor.zip, a folder holding it, the results folder of a run, or a Predictor)."""
+def predict_from_config(config, predictor_path, horizon: int | None = None) -> pd.DataFrame:
+    """Per-layer predictions for the architecture in `config` (a config.json or its folder, a
+    dict, a transformers PretrainedConfig: `arch_from_config`) from a saved predictor (its
+    predictor.zip, a folder holding it, the results folder of a run, or a Predictor)."""
     arch = arch_from_config(config)  # a bad config fails before the predictor is read
     pred = predictor_path
     if not isinstance(pred, Predictor):
