@@ -26,7 +26,7 @@ from _models import tiny_llama, tiny_neox
 
 import massact.sources._mini_suite as mini_suite
 from massact import run as massact_run
-from massact.dataset import task_done, task_path
+from massact.dataset import remove_task, task_done, task_path
 from massact.sources import SweepError, sweep_hf_suite, train_mini_suite
 
 ray = pytest.importorskip("ray")
@@ -141,6 +141,16 @@ def test_mini_suite_on_ray_equals_local_with_a_worker_killed(local_ray, tiny_loc
         mp.undo()
     assert killed, "no Ray worker was seen running a task"
     assert len(writes) == len(set(writes)) == len(_files(tiny_local / "stats"))
+    assert_same_files(out, tiny_local)
+    # resume on Ray: finished tasks are skipped, a lost one is made again, the same bytes
+    remove_task(out, "mini-L3-d32-H4-f4", 8)
+    mp.setattr(mini_suite, "write_task", counted)
+    writes.clear()
+    try:
+        train_mini_suite(out, "tiny", engine="ray", progress=False)
+    finally:
+        mp.undo()
+    assert writes == [("mini-L3-d32-H4-f4", 8)]
     assert_same_files(out, tiny_local)
 
 

@@ -184,9 +184,11 @@ class _Progress:
             self._bar.advance(self._ids[model], n)
 
     def failed(self, failure: TaskFailure) -> None:
-        log.warning("task %s failed: %s", failure.name, failure.error)
+        """Name a failed task at once (above the bars, else as a logged warning)."""
         if self._bar is not None:
-            self._bar.console.print(f"[red]failed[/red] {failure.name}: {failure.error}")
+            self._bar.console.print(f"failed: {failure.name}: {failure.error}", markup=False)
+        else:
+            log.warning("task %s failed: %s", failure.name, failure.error)
 
 
 class _Reported:
