@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from massact.curves import _formulas as _curves
-from massact.curves._fit import fit_trajectories, information_criteria
+from massact.curves._fit import FitStatus, fit_trajectories, information_criteria
 from massact.curves._hypotheses import HYPOTHESES, fit_hypotheses
 from massact.curves._scipy_recipe import synthetic_curves
 
@@ -19,12 +19,11 @@ def _step(name, p):
         return np.asarray(getattr(_curves, name)(T, np.asarray(p, float)))
 
 
-@pytest.fixture(scope="module")
-def table():
+def _inputs():
+    """Rows 0-3 Eq. 9, then one clean curve per step model, then a constant and a short one,
+    then a slow decay with A2 / A1 = 1000 (gamma = exp(A2 / A1) overflows float64);
+    responses start at 0 (the normalisation's offset is their minimum)."""
     d = synthetic_curves(4, seed=11, n_range=(N_COLS, N_COLS))
-    # rows 0-3 Eq. 9, then one clean curve per step model, then a constant and a short one,
-    # then a slow decay with A2 / A1 = 1000 (gamma = exp(A2 / A1) overflows float64);
-    # responses start at 0 (the normalisation's offset is their minimum)
     noise = 1e-3 * np.random.default_rng(0).standard_normal(N_COLS)
     rows = [d["y"][i] for i in range(4)] + [
         3.0 + _step("step1", [10.0, 30000.0]),
@@ -36,8 +35,20 @@ def table():
         _curves.curve_reparam(T, [2e-5, 100.0, 0.05, 50.0, 5.0]) + noise,
     ]
     t = np.vstack([d["t"], np.tile(T, (7, 1))])
-    y = np.vstack(rows)
+    return t, np.vstack(rows), d
+
+
+@pytest.fixture(scope="module")
+def table():
+    t, y, d = _inputs()
     return fit_hypotheses(t, y), d, fit_trajectories(t, y)
+
+
+@pytest.fixture(scope="module")
+def status_table(table):
+    _, _, fit = table
+    t, y, _ = _inputs()
+    return fit_hypotheses(t, y, fit=fit, status=True)
 
 
 def test_frame_is_tidy_with_every_hypothesis(table):
@@ -103,3 +114,29 @@ def test_reuses_a_given_fit_and_rejects_a_mismatched_one():
     pd.testing.assert_frame_equal(again, fit_hypotheses(d["t"], d["y"]))
     with pytest.raises(ValueError, match="fit holds 3 curves but y holds 4"):
         fit_hypotheses(d["t"], d["y"], fit=fit_trajectories(d["t"][:3], d["y"][:3]))
+
+
+def test_statuses_name_every_fit(table, status_table):
+    """status=True adds each fit's FitStatus label; the other columns are unchanged."""
+    df, _, fit = table
+    pd.testing.assert_frame_equal(status_table.drop(columns="status"), df)
+    assert list(status_table.columns)[-1] == "status"
+    labels = {s.label for s in FitStatus}
+    assert set(status_table["status"]) <= labels
+    by = status_table.pivot(index="curve", columns="hypothesis", values="status")
+    assert (by.loc[8] == "constant").all() and (by.loc[9] == "too few points").all()
+    assert list(by["eq14"]) == [FitStatus(s).label for s in fit.status]
+    for row, name in [(4, "step1"), (5, "step2_under"), (6, "step2_critical"), (7, "step2_over")]:
+        assert by.loc[row, name] == "converged", by.loc[row]
+    fitted = status_table[~status_table["curve"].isin([8, 9])]
+    assert set(fitted["status"]) <= {"converged", "max iterations"}
+    assert (by.loc[[0, 1, 2, 3], "eq9"] == "converged").all()
+
+
+def test_bad_hypotheses_input_is_a_named_error():
+    with pytest.raises(ValueError, match="n_iter must be >= 0"):
+        fit_hypotheses(T, np.ones((2, N_COLS)), n_iter=-1)
+    with pytest.raises(ValueError, match="y is complex"):
+        fit_hypotheses(T, np.ones((2, N_COLS)) * 1j)
+    with pytest.raises(ValueError, match="no curves"):
+        fit_hypotheses(T, np.ones((0, N_COLS)))

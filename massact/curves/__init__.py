@@ -5,10 +5,12 @@ only home of each formula), `_normalise` (the per-curve normalisation and its in
 by every fitter), `_core` (the jitted per-curve solver), `_settings` (FitSettings: the
 fitter's knobs and compile-cache key), `_fit` (fit_trajectories, FitResult, FitStatus),
 `_scipy_recipe` (the paper's scipy recipe: the oracle and baseline), `_hypotheses` (Table 5's
-model comparison).
+model comparison), `_corpus` (the benchmark corpus: sets of curves the fitter was not tuned on).
 Imports: numpy, scipy, pandas, JAX; nothing else of massact.
 """
 
+from ._corpus import CORPUS_SETS as CORPUS_SETS
+from ._corpus import corpus_curves as corpus_curves
 from ._fit import FitResult as FitResult
 from ._fit import FitStatus as FitStatus
 from ._fit import fit_trajectories as fit_trajectories

@@ -16,6 +16,12 @@ On normalised data (t_n, y_n in [0, 1]; weights w = 1 on usable points, 0 on pad
    crawls, where Newton converges in a few steps.
 3. Levenberg-Marquardt polish on all five parameters (analytic Jacobian).
 
+That is the first round (`fit_one`). `sse_drop` then says how far the SSE could still drop by
+the local model of the projected SSE (`box_decrement`); curves whose drop is above the
+stopping rule go on with further rounds (`refine_one`: Gauss-Newton, Newton and LM steps from
+where they stopped, the projection solved by QR, `_linear_qr`, and b allowed up to B_MAX).
+The host side (`_fit`) runs the rounds and assigns the statuses.
+
 Every loop is the same damped, bounded descent (`_descend`): a step solves
 (H + mu |diag H|) d = -g over the free parameters and is kept only if it lowers the SSE.
 beta >= 0 (lam >= 0) holds by projection and x > 0 on the data by tau0 = exp(u) > 0 = -t_min.
@@ -33,6 +39,11 @@ N_PARAMS = 5
 B_MIN = 1e-6  # lower bound of normalised beta during variable projection (see _vp_eval)
 U_LO, U_HI = -700.0, float(np.log(1e3))  # tau0 = exp(u) may approach 0: scipy goes there too
 _FD_STEP = 1e-4  # relative central-difference step for the projected Hessian
+# upper bound of normalised b: the first round's, and the later rounds' (early peaks with
+# large lam and gamma reach the first; at 1e6 exp(-b t) is gone by the second checkpoint of
+# the Pythia grid, t_n = 7e-6, so nothing is left to fit beyond it)
+B_MAX_ROUND1, B_MAX = 1e4, 1e6
+_EARLY_REJECTS = 8  # `_descend(early=True)` stops after this many rejected steps in a row
 
 
 # --------------------------------------------------------------------------- small solves
@@ -77,13 +88,16 @@ def bounded_step(h, g, mu, x, lo, hi):
     return jnp.clip(x - _chol_apply(_chol(a), g * free), lo, hi)
 
 
-def _descend(evaluate, x0, lo, hi, n_iter, *, mu0=1e-3, down=0.3, up=4.0):
+def _descend(evaluate, x0, lo, hi, n_iter, *, mu0=1e-3, down=0.3, up=4.0, early=False):
     """Damped, bounded descent from x0: n_iter steps, each kept only if it lowers the SSE (else
     the damping grows). evaluate(x) -> (sse, curvature [p, p], gradient [p], aux).
 
     The loop evaluates one candidate per pass (x0 first), so `evaluate` is traced once: every
     traced copy costs compile time. Returns the best x, its evaluation, the final damping, the
-    last step that gained and the last accepted step's relative gain.
+    last step that gained and the last accepted step's relative gain. early: stop after
+    _EARLY_REJECTS rejected steps in a row (the damping has grown by up**_EARLY_REJECTS: the
+    steps are negligible); under vmap the loop runs until every row has stopped (the later
+    rounds, whose small batches finish early; the first round keeps its fixed loop).
     """
     # every carry derives from x0, so under vmap it is batched from the start and the loop body
     # is batched (traced) once instead of again for each carry found batched later
@@ -106,7 +120,22 @@ def _descend(evaluate, x0, lo, hi, n_iter, *, mu0=1e-3, down=0.3, up=4.0):
         return x, best, cand, mu, last, rel
 
     s0 = (x0, dummy, x0, zero + mu0, zero.astype(jnp.int32), zero)
-    x, best, _, mu, last, rel = jax.lax.fori_loop(0, n_iter + 1, body, s0)
+    if not early:
+        x, best, _, mu, last, rel = jax.lax.fori_loop(0, n_iter + 1, body, s0)
+        return x, best, mu, last, rel
+
+    def body_early(s):
+        i, rejects, inner = s
+        out = body(i, inner)
+        gained = out[1][0] < inner[1][0]
+        return i + 1, jnp.where(gained | (i == 0), 0, rejects + 1), out
+
+    def going(s):
+        i, rejects, _ = s
+        return (i <= n_iter) & (rejects < _EARLY_REJECTS)
+
+    s0 = (zero.astype(jnp.int32), zero.astype(jnp.int32), s0)
+    _, _, (x, best, _, mu, last, rel) = jax.lax.while_loop(going, body_early, s0)
     return x, best, mu, last, rel
 
 
@@ -127,7 +156,8 @@ def _linear(tn, yn, w, b, u):
     """Masked least squares of y on the basis spanning Eq. 14 at fixed (b, tau0 = exp(u)).
 
     exp(-b t) A2 + K is written c2 (1 - exp(-b t)) / b + c3: the same span for b > 0 but well
-    conditioned as b -> 0, where exp(-b t) and 1 become collinear.
+    conditioned as b -> 0, where exp(-b t) and 1 become collinear. Normal equations with a
+    ridge of 1e-13 of the trace (the first round; `_linear_qr` is the accurate twin).
     Returns (coefficients [3], weighted residual [n], basis parts for the Jacobian).
     """
     tau = jnp.exp(u)
@@ -143,22 +173,80 @@ def _linear(tn, yn, w, b, u):
     return c, r, (tau, e, p2, lg, phi, lo)
 
 
-def _vp_eval(tn, yn, w, theta):
+def _linear_qr(tn, yn, w, b, u):
+    """`_linear` by a QR factorisation (modified Gram-Schmidt) of the weighted basis, constant
+    column first. w in {0, 1}.
+
+    The normal equations square the basis' condition number, and their ridge biases the
+    solution: where the columns are nearly collinear (early peaks with b > ~1e3, where
+    (1 - exp(-b t)) / b ~ 1 / b is nearly constant; log increases with a large tau0, where
+    log(t + tau0) is nearly affine; conditions of 1e6 are common) `_linear`'s projected SSE is
+    off by ~3e-3 relative at a condition of 1e6 and by tens of percent at 1e9 (measured
+    against an SVD least squares on corpus curves), enough to mislead Newton and any
+    stopping test. This one is accurate to ~eps x condition. A column that is
+    dependent on the previous ones to 1e-11 of its norm is dropped (coefficient 0).
+    Returns (coefficients [3] in `_linear`'s order, weighted residual [n], basis parts for the
+    Jacobian with `residual_of(v)`: the part of w v orthogonal to the weighted basis).
+    """
+    tau = jnp.exp(u)
+    e = jnp.exp(-b * tn)
+    p2 = -jnp.expm1(-b * tn) / b
+    lg = jnp.log(tn + tau)
+    cols = [w, w * p2, w * e * lg]  # order: 1, p2, e lg
+    qs, rr = [], [[jnp.zeros_like(b)] * 3 for _ in range(3)]
+    for j, a in enumerate(cols):
+        norm = jnp.sqrt(jnp.sum(a * a))
+        for i, q in enumerate(qs):
+            rr[i][j] = jnp.sum(q * a)
+            a = a - rr[i][j] * q
+        r = jnp.sqrt(jnp.sum(a * a))
+        keep = r > 1e-11 * norm
+        inv = jnp.where(keep, 1.0 / jnp.where(keep, r, 1.0), 0.0)
+        rr[j][j] = jnp.where(keep, r, 0.0)
+        qs.append(a * inv)
+
+    def residual_of(v):
+        """(Q^T v, v - Q Q^T v) for a weighted v, column by column as the factorisation
+        (modified Gram-Schmidt on [basis | v]: a backward-stable least squares)."""
+        proj = []
+        for q in qs:
+            proj.append(jnp.sum(q * v))
+            v = v - proj[-1] * q
+        return proj, v
+
+    proj, r = residual_of(w * yn)
+    coef = [None] * 3  # back substitution R coef = Q^T y, dropped columns 0
+    for i in reversed(range(3)):
+        acc = proj[i] - sum(rr[i][k] * coef[k] for k in range(i + 1, 3))
+        d = rr[i][i]
+        coef[i] = jnp.where(d > 0, acc / jnp.where(d > 0, d, 1.0), 0.0)
+    c = jnp.stack([coef[2], coef[1], coef[0]])
+    return c, r, (tau, e, p2, lg, None, residual_of)
+
+
+def _vp_eval(tn, yn, w, theta, accurate=False):
     """Projected problem at theta = (b, u): (sse, J^T J, J^T r) with Kaufman's Jacobian
     J = -W (I - Phi (Phi^T W Phi)^-1 Phi^T W) (d Phi / d theta) c. J^T r is the exact gradient
-    of SSE / 2 (the term Kaufman drops is orthogonal to r)."""
+    of SSE / 2 (the term Kaufman drops is orthogonal to r). accurate: `_linear_qr` in place
+    of `_linear` (the later rounds and the stopping test)."""
     b = theta[0]
-    c, r, (tau, e, p2, lg, phi, lo) = _linear(tn, yn, w, b, theta[1])
+    if accurate:
+        c, r, (tau, e, p2, lg, _, residual_of) = _linear_qr(tn, yn, w, b, theta[1])
+    else:
+        c, r, (tau, e, p2, lg, phi, lo) = _linear(tn, yn, w, b, theta[1])
     vs = [c[0] * (-tn * e * lg) + c[1] * (tn * e - p2) / b, c[0] * e * tau / (tn + tau)]
     js = []
     for v in vs:
+        if accurate:
+            js.append(-residual_of(w * v)[1])
+            continue
         q = _chol_apply(lo, [jnp.sum(w * x * v) for x in phi])
         js.append(-w * (v - q[0] * phi[0] - q[1] * p2 - q[2]))
     jtr = jnp.stack([jnp.sum(j * r) for j in js])
     return jnp.sum(r * r), jnp.array(_gram(1.0, js)), jtr, c
 
 
-def _vp_newton_eval(tn, yn, w, theta):
+def _vp_newton_eval(tn, yn, w, theta, accurate=False):
     """`_vp_eval` with the exact Hessian of SSE / 2 in place of J^T J, by central differences
     of the exact gradient (forward-over-reverse autodiff of the projection compiled 3x slower).
     One vmapped evaluation at theta and the four offset points."""
@@ -166,7 +254,7 @@ def _vp_newton_eval(tn, yn, w, theta):
     h_b = jnp.minimum(_FD_STEP * jnp.maximum(theta[0], 1e-2), 0.5 * theta[0])
     h = jnp.stack([h_b, _FD_STEP])
     pts = jnp.concatenate([theta[None], theta + jnp.diag(h), theta - jnp.diag(h)])
-    sse, _, g, c = jax.vmap(lambda th: _vp_eval(tn, yn, w, th))(pts)
+    sse, _, g, c = jax.vmap(lambda th: _vp_eval(tn, yn, w, th, accurate))(pts)
     hess = ((g[1:3] - g[3:5]) / (2 * h[:, None])).T
     return sse[0], 0.5 * (hess + hess.T), g[0], c[0]
 
@@ -242,9 +330,10 @@ def fit_one(
 ):
     """Fit one normalised curve. Returns z [5] (b, u, A1, A2, K), sse, n_iter, converged and
     J^T J [5, 5] at z (for the covariance, computed on the host)."""
-    vp_lo, vp_hi = jnp.array([B_MIN, U_LO]), jnp.array([1e4, U_HI])
+    vp_lo, vp_hi = jnp.array([B_MIN, U_LO]), jnp.array([B_MAX_ROUND1, U_HI])
     inf = jnp.inf
-    z_lo, z_hi = jnp.array([0.0, U_LO, -inf, -inf, -inf]), jnp.array([1e4, U_HI, inf, inf, inf])
+    z_lo = jnp.array([0.0, U_LO, -inf, -inf, -inf])
+    z_hi = jnp.array([B_MAX_ROUND1, U_HI, inf, inf, inf])
 
     def vp(theta, n_iter):
         return _descend(lambda th: _vp_eval(tn, yn, w, th), theta, vp_lo, vp_hi, n_iter)
@@ -266,8 +355,7 @@ def fit_one(
     thetas, (sses, _, _, cs), _, _, _ = jax.vmap(newton)(thetas[order])
     best = jnp.argmin(jnp.where(jnp.isfinite(sses), sses, inf))
     theta, c, last_vp = thetas[best], cs[best], lasts[order[best]]
-    a2 = -c[1] / theta[0]
-    z0 = jnp.stack([theta[0], theta[1], c[0], a2, c[2] - a2])
+    z0 = _z_of(theta, c)
 
     # 3. LM polish on all five parameters
     z, (sse, jtj, _, _), mu, last_lm, rel = _descend(
@@ -284,3 +372,115 @@ def fit_one(
 def fit_batch(tn, yn, w, b_grid, u_grid, **settings):
     """`fit_one` vmapped over curves (rows of tn, yn, w)."""
     return jax.vmap(lambda *c: fit_one(*c, b_grid, u_grid, **settings))(tn, yn, w)
+
+
+# --------------------------------------------------------------------------- later rounds
+
+
+def box_decrement(theta, g, h, lo, hi):
+    """Largest decrease of the quadratic model -2 (g.d + d.h.d / 2) of the SSE (g, h: the
+    gradient and Hessian of SSE / 2 at theta [2]) over steps d with lo <= theta + d <= hi.
+
+    A parameter at a bound whose gradient points outward or is 0 is held (d = 0: first-order
+    optimality). Where the model is convex on the others, its minimum over the whole box
+    (the Newton decrement, or less where the box cuts the step off); where it is not, the
+    model is trusted only within |d_b| <= b / 10 (+ B_MIN), |d_u| <= 1/10 (beta and tau0
+    within ~10%; further out a negative curvature predicts drops the SSE does not make,
+    measured near the bounds). The minimum of a quadratic over a rectangle is the Newton
+    point (if convex and inside), or on an edge (one parameter at a side, the other at its
+    1-D minimum clipped to the edge), or at a corner: every candidate is evaluated,
+    branch-free. Finite for any finite input; NaN gives inf.
+    """
+    held = ((theta <= lo) & (g >= 0)) | ((theta >= hi) & (g <= 0))
+    free = jnp.where(held, 0.0, 1.0)
+    hf = h * free[:, None] * free[None, :] + jnp.diag(1.0 - free)
+    det = hf[0, 0] * hf[1, 1] - hf[0, 1] ** 2
+    convex = (hf[0, 0] > 0) & (hf[1, 1] > 0) & (det > 0)
+    trust = jnp.where(convex, jnp.inf, jnp.stack([0.1 * theta[0] + B_MIN, 0.1]))
+    dlo = jnp.where(held, 0.0, jnp.maximum(lo - theta, -trust))
+    dhi = jnp.where(held, 0.0, jnp.minimum(hi - theta, trust))
+
+    def model(d):
+        return 2.0 * jnp.dot(g, d) + jnp.dot(d, h @ d)
+
+    best = jnp.zeros_like(theta[0])  # d = 0
+    gf = g * free
+    safe = jnp.where(convex, det, 1.0)
+    newton = -jnp.stack([hf[1, 1] * gf[0] - hf[0, 1] * gf[1], hf[0, 0] * gf[1] - hf[0, 1] * gf[0]])
+    newton = newton / safe * free
+    inside = convex & jnp.all((newton >= dlo) & (newton <= dhi))
+    best = jnp.where(inside, jnp.minimum(best, model(newton)), best)
+    for i in range(2):  # parameter i at a side, the other at its clipped 1-D minimum or a corner
+        j = 1 - i
+        for side in (dlo[i], dhi[i]):
+            hjj = jnp.where(h[j, j] > 0, h[j, j], 1.0)
+            stat = jnp.where(h[j, j] > 0, -(g[j] + h[j, i] * side) / hjj, 0.0)
+            for dj in (jnp.clip(stat, dlo[j], dhi[j]), dlo[j], dhi[j]):
+                d = jnp.stack([side, dj] if i == 0 else [dj, side])
+                best = jnp.minimum(best, model(d))
+    out = -best
+    return jnp.where(jnp.isnan(out), jnp.inf, out)
+
+
+def _z_of(theta, c):
+    """z = (b, u, A1, A2, K) from theta = (b, u) and `_linear`'s coefficients c."""
+    a2 = -c[1] / theta[0]
+    return jnp.stack([theta[0], theta[1], c[0], a2, c[2] - a2])
+
+
+def sse_drop(tn, yn, w, z, sse):
+    """How far the SSE at z (its value `sse`) could still drop by the local model: the
+    `box_decrement` of the projected SSE (`_vp_eval` with `_linear_qr`, Hessian by central
+    differences) at theta = z[:2] within the later rounds' bounds, plus what re-solving the
+    linear parameters at theta gains as Eq. 14 parameters (evaluated through z: where the
+    curve needs huge cancelling A2 and K, b -> 0 with a large tau0, z holds it only to ~1e-7
+    of the SSE, and no iteration gains what the projection promises there). 0 at a minimum;
+    the stopping rule compares it with the SSE (`_fit`). Six evaluations per call.
+    """
+    lo, hi = jnp.array([B_MIN, U_LO]), jnp.array([B_MAX, U_HI])
+    theta = jnp.clip(z[:2], lo, hi)
+    sse_p, h, g, c = _vp_newton_eval(tn, yn, w, theta, accurate=True)
+    sse_z = jnp.maximum(_z_eval(tn, yn, w, _z_of(theta, c))[0], sse_p)
+    gain = jnp.where(jnp.isfinite(sse_z), jnp.maximum(sse - sse_z, 0.0), 0.0)
+    out = gain + box_decrement(theta, g, h, lo, hi)
+    return jnp.where(jnp.isnan(out), jnp.inf, out)
+
+
+def refine_one(tn, yn, w, z, *, vp_iter, newton_iter, lm_iter):
+    """One further round for a curve that has not met the stopping rule, from its z.
+
+    On the projected SSE (`_linear_qr`, b up to B_MAX) from theta = z[:2]: vp_iter
+    Gauss-Newton (VP) steps, which keep descending where the projected SSE is not convex
+    (Newton's Hessian is indefinite there, its damped steps stall), then newton_iter Newton
+    steps, which finish the flat valleys; then LM on all five parameters from the better of
+    z and that result: never worse than z. Returns z, sse, steps that gained, the `sse_drop`
+    left and J^T J at z.
+    """
+    vp_lo, vp_hi = jnp.array([B_MIN, U_LO]), jnp.array([B_MAX, U_HI])
+    inf = jnp.inf
+    z_lo, z_hi = jnp.array([0.0, U_LO, -inf, -inf, -inf]), jnp.array([B_MAX, U_HI, inf, inf, inf])
+    theta, _, _, last_v, _ = _descend(
+        lambda th: _vp_eval(tn, yn, w, th, accurate=True),
+        jnp.clip(z[:2], vp_lo, vp_hi), vp_lo, vp_hi, vp_iter, early=True,
+    )  # fmt: skip
+    theta, (_, _, _, c), _, last_n, _ = _descend(
+        lambda th: _vp_newton_eval(tn, yn, w, th, accurate=True),
+        theta, vp_lo, vp_hi, newton_iter, mu0=1e-4, down=0.1, up=10.0, early=True,
+    )  # fmt: skip
+    z0 = _z_of(theta, c)
+    sse_in, sse_0 = _z_eval(tn, yn, w, z)[0], _z_eval(tn, yn, w, z0)[0]
+    start = jnp.where(jnp.isfinite(sse_0) & (sse_0 < sse_in), z0, z)
+    z, (sse, jtj, _, _), _, last_lm, _ = _descend(
+        lambda z: _z_eval(tn, yn, w, z), start, z_lo, z_hi, lm_iter, early=True
+    )
+    return z, sse, last_v + last_n + last_lm, sse_drop(tn, yn, w, z, sse), jtj
+
+
+def refine_batch(tn, yn, w, z, **settings):
+    """`refine_one` vmapped over curves."""
+    return jax.vmap(lambda *a: refine_one(*a, **settings))(tn, yn, w, z)
+
+
+def sse_drop_batch(tn, yn, w, z, sse):
+    """`sse_drop` vmapped over curves."""
+    return jax.vmap(sse_drop)(tn, yn, w, z, sse)

@@ -24,7 +24,14 @@ import pandas as pd
 
 from . import _formulas
 from ._core import bounded_step
-from ._fit import MIN_POINTS, bucket_size, fit_trajectories, information_criteria, validate_curves
+from ._fit import (
+    MIN_POINTS,
+    FitStatus,
+    bucket_size,
+    fit_trajectories,
+    information_criteria,
+    validate_curves,
+)
 from ._formulas import from_reparam
 from ._normalise import curve_scale, normalise_points, normalise_reparam
 
@@ -63,7 +70,9 @@ _COMPILED: dict[tuple, object] = {}
 
 def _lm_batch(model, tn, yn, w, starts, lo, hi, n_iter):
     """Best-of-starts bounded LM per curve. tn, yn, w [N, n]; starts [S, p] (shared) or
-    [N, S, p] (per curve) -> p [N, p], sse [N]."""
+    [N, S, p] (per curve) -> p [N, p], sse [N], converged [N] (of the best start: its last
+    accepted step gained < 1e-8 relative, or the damping grew past 1e8: no step gains, or the
+    fit is exact to 1e-16 of the SST)."""
 
     def one(tn, yn, w, starts):
         def res(p):
@@ -71,22 +80,24 @@ def _lm_batch(model, tn, yn, w, starts, lo, hi, n_iter):
 
         def run(p):
             def body(_, s):
-                p, sse, mu = s
+                p, sse, mu, rel = s
                 r, j = res(p), jax.jacfwd(res)(p)
                 new = bounded_step(j.T @ j, j.T @ r, mu, p, lo, hi)
                 sse_new = jnp.sum(res(new) ** 2)
                 ok = jnp.isfinite(sse_new) & (sse_new < sse)
+                rel = jnp.where(ok, (sse - sse_new) / jnp.maximum(sse, 1e-300), rel)
                 mu = jnp.where(ok, mu * 0.3, mu * 4)
-                return jnp.where(ok, new, p), jnp.where(ok, sse_new, sse), mu
+                return jnp.where(ok, new, p), jnp.where(ok, sse_new, sse), mu, rel
 
             sse0 = jnp.sum(res(p) ** 2)
             sse0 = jnp.where(jnp.isfinite(sse0), sse0, jnp.inf)
-            p, sse, _ = jax.lax.fori_loop(0, n_iter, body, (p, sse0, 1e-3))
-            return p, sse
+            p, sse, mu, rel = jax.lax.fori_loop(0, n_iter, body, (p, sse0, 1e-3, 0.0))
+            sst = jnp.sum(w * (yn - jnp.sum(w * yn) / jnp.maximum(jnp.sum(w), 1.0)) ** 2)
+            return p, sse, (rel < 1e-8) | (mu > 1e8) | (sse <= 1e-16 * sst)
 
-        ps, sses = jax.vmap(run)(starts)
+        ps, sses, conv = jax.vmap(run)(starts)
         k = jnp.argmin(sses)
-        return ps[k], sses[k]
+        return ps[k], sses[k], conv[k]
 
     if starts.ndim == 2:
         return jax.vmap(lambda tn, yn, w: one(tn, yn, w, starts))(tn, yn, w)
@@ -108,8 +119,8 @@ def _run_lm(name, model, tn, yn, w, starts, lo, hi, n_iter):
                 lambda tn, yn, w, st, lo, hi: _lm_batch(model, tn, yn, w, st, lo, hi, n_iter)
             )
             _COMPILED[key] = fn
-        p, sse = fn(tn, yn, w, starts, np.asarray(lo, float), np.asarray(hi, float))
-        return np.asarray(p), np.asarray(sse)
+        p, sse, conv = fn(tn, yn, w, starts, np.asarray(lo, float), np.asarray(hi, float))
+        return np.asarray(p), np.asarray(sse), np.asarray(conv)
 
 
 # Eq. 9 on normalised data, p = (A, lam, gamma, t0, K): lam >= 0; gamma, t0 > 0 keep x > 0 on
@@ -151,11 +162,18 @@ def _eq9_starts(rep, scale, tn, w):
     return np.where(bad[..., None], guess[:, None, :], starts)
 
 
-def fit_hypotheses(t, y, mask=None, *, fit=None, n_iter: int = 40) -> pd.DataFrame:
+def fit_hypotheses(
+    t, y, mask=None, *, fit=None, n_iter: int = 40, status: bool = False
+) -> pd.DataFrame:
     """Fit all `HYPOTHESES` to every curve. t [n] or [N, n], y [N, n], mask [N, n] bool.
 
     Returns a tidy DataFrame, one row per (curve, hypothesis): curve, hypothesis, n_params,
-    n_points, sse, r2, aic, bic (NaN where the curve has < 6 usable points or is constant).
+    n_points, sse, r2, aic, bic (NaN where the curve has < 6 usable points or is constant),
+    and with status=True a `status` column: each fit's `FitStatus` label. "eq14" rows carry
+    `fit_trajectories`' status; the LM fits (eq9, the steps) are "converged" (the last
+    accepted step gained < 1e-8 relative, or no step can gain), "max iterations" (n_iter, or
+    400 steps for eq9, ran out first) or "failed" (no finite SSE); a curve without a fit
+    (too few points, constant, non-finite range) has that status on every row.
     "eq14" is `fit_trajectories`; "eq9" is Eq. 9 fitted in its original parameters (see the
     module docstring: started from the Eq. 14 optimum mapped back and from the paper's guess,
     so it is never worse than that mapping evaluated through Eq. 9, and can be worse than
@@ -165,6 +183,9 @@ def fit_hypotheses(t, y, mask=None, *, fit=None, n_iter: int = 40) -> pd.DataFra
     """
     t, y, use = validate_curves(t, y, mask)
     N, n = y.shape
+    if int(n_iter) < 0:
+        raise ValueError(f"n_iter must be >= 0, got {n_iter}")
+    n_iter = int(n_iter)
     if fit is None:
         fit = fit_trajectories(t, y, mask=use)
     elif np.shape(fit.sse) != (N,):
@@ -189,11 +210,15 @@ def fit_hypotheses(t, y, mask=None, *, fit=None, n_iter: int = 40) -> pd.DataFra
     n_par = {"eq9": 5, "eq14": 5}
     starts9 = np.zeros((cb, 4, 5)) + [1.0, 3.0, 1.0, 1.0, 0.5]
     starts9[:N] = _eq9_starts(fit.reparam, scale, tn, w)
-    _, sse9 = _run_lm("eq9", _formulas.jcurve, *pad, starts9, _EQ9_LO, _EQ9_HI, _EQ9_ITER)
+    _, sse9, conv9 = _run_lm("eq9", _formulas.jcurve, *pad, starts9, _EQ9_LO, _EQ9_HI, _EQ9_ITER)
     sse["eq9"] = np.where(live, sse9[:N] * yr**2, np.nan)
+    # statuses: a curve without a fit has the Eq. 14 fit's reason on every row
+    none = np.where(live, FitStatus.CONVERGED, fit.status)
+    codes = {"eq14": np.where(live, fit.status, none), "eq9": _lm_status(conv9[:N], sse9[:N], none)}
     for name, (_, low, _, _) in _STEPS.items():
-        _, sse_n = _fit_step(name, *pad, n_iter)
+        _, sse_n, conv = _fit_step(name, *pad, n_iter)
         sse[name] = np.where(live, sse_n[:N] * yr**2, np.nan)
+        codes[name] = _lm_status(conv[:N], sse_n[:N], none)
         n_par[name] = len(low)
     rows = []
     for name in HYPOTHESES:
@@ -212,6 +237,15 @@ def fit_hypotheses(t, y, mask=None, *, fit=None, n_iter: int = 40) -> pd.DataFra
                     "aic": aic,
                     "bic": bic,
                 }
+                | ({"status": [FitStatus(c).label for c in codes[name]]} if status else {})
             )  # fmt: skip
         )
     return pd.concat(rows, ignore_index=True)
+
+
+def _lm_status(conv, sse, none):
+    """FitStatus codes of an LM fit: converged / max iterations / failed (non-finite SSE),
+    `none` (the pre-fit status) where it is not CONVERGED (no fit was made)."""
+    out = np.where(conv, FitStatus.CONVERGED, FitStatus.MAX_ITERATIONS)
+    out = np.where(np.isfinite(sse), out, FitStatus.FAILED)
+    return np.where(none == FitStatus.CONVERGED, out, none)
