@@ -26,6 +26,7 @@ corpus and recipe (one CPU thread per model), so every engine writes the same fi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -33,7 +34,7 @@ import sys
 import sysconfig
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -289,66 +290,70 @@ def _lr_lambda(arch: MiniArch):
 
 
 _UNLOCKED_AGE_S = 300.0  # without file locks (Windows): a temp file this old is stale
-_EMPTY_AGE_S = 60.0  # an empty unlocked temp file may be a save that has not locked it yet
 
 
-def _try_lock(fd: int) -> bool:
-    """Non-blocking exclusive flock on `fd`: False while another open file holds it."""
+@contextlib.contextmanager
+def _save_lock(state_path: Path, *, wait: bool = True) -> Iterator[bool]:
+    """Exclusive lock on `<state>.lock` for a save of the training state, or for clearing the
+    leftovers of killed saves. Yields whether it is held (always True when waiting; False when
+    `wait` is off and a save of another run is in progress). Without file locks: True."""
+    if fcntl is None:
+        yield True
+        return
+    state_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state_path.with_name(state_path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _save_state(path: Path, state: dict) -> None:
-    """Atomic save. Where there are file locks, the temporary file is locked from the moment it
-    is created (empty) until it has been renamed to `path`, so that `_remove_stale_saves` of a
-    concurrent run can tell a save in progress from one that was killed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if fcntl is not None:
-                _try_lock(f.fileno())  # a fresh file: nobody else holds it
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-            if fcntl is not None:
-                os.replace(tmp, path)  # still locked: never seen unlocked and complete
-        if fcntl is None:
-            os.replace(tmp, path)  # Windows cannot rename an open file
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _remove_stale_saves(state_path: Path) -> None:
-    """Delete the temporary files of state saves that were killed midway, and only those.
-
-    Another run may be saving the same model's state right now (two runs into one folder);
-    its temporary file is locked (see `_save_state`), or still empty in the instant before it
-    is locked. So: a locked file is kept; an unlocked one is stale if it holds data, or if it
-    is empty and older than `_EMPTY_AGE_S`. Without file locks, stale means older than
-    `_UNLOCKED_AGE_S`."""
-    for tmp in state_path.parent.glob(f".{state_path.name}.*"):
+    """Atomic save (temporary file, then rename) under the state's lock, so that
+    `_remove_stale_saves` of a concurrent run never takes a save in progress for a killed one.
+    A failed write (e.g. a full disk) is an OSError naming the file."""
+    with _save_lock(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
-            st = tmp.stat()
-            age = time.time() - st.st_mtime
-            if fcntl is None:
-                if age > _UNLOCKED_AGE_S:
-                    tmp.unlink(missing_ok=True)
-                continue
-            if st.st_size == 0 and age < _EMPTY_AGE_S:
-                continue
-            fd = os.open(tmp, os.O_RDONLY)
-        except OSError:
-            continue  # renamed by its run meanwhile, or unreadable: leave it
-        try:
-            if _try_lock(fd):
+            with os.fdopen(fd, "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException as e:
+            Path(tmp).unlink(missing_ok=True)
+            if isinstance(e, (OSError, RuntimeError)):  # torch reports a short write as either
+                detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise OSError(
+                    f"cannot save the training state {path} (is the disk full?): {detail}"
+                ) from e
+            raise
+
+
+def _remove_stale_saves(state_path: Path, *, finished: bool = False) -> None:
+    """Delete the temporary files of state saves that were killed midway, and only those:
+    while another run holds the state's lock (a save in progress) nothing is touched. Without
+    file locks, a temporary file is stale once older than `_UNLOCKED_AGE_S`.
+    `finished`: the model's training is done; the state and its lock file go too."""
+    with _save_lock(state_path, wait=False) as held:
+        if not held:
+            return
+        for tmp in state_path.parent.glob(f".{state_path.name}.*"):
+            try:
+                old = time.time() - tmp.stat().st_mtime > _UNLOCKED_AGE_S
+            except OSError:
+                continue  # renamed or removed meanwhile
+            if fcntl is not None or old:
                 tmp.unlink(missing_ok=True)
-        finally:
-            os.close(fd)
+        if finished:
+            state_path.unlink(missing_ok=True)
+            if fcntl is not None:
+                state_path.with_name(state_path.name + ".lock").unlink(missing_ok=True)
 
 
 def _arch_row(arch: MiniArch, n_params: int, extra: dict) -> dict:
@@ -472,7 +477,7 @@ def _train_one(
         pd.DataFrame([_arch_row(arch, n_params, {"seed": seed, "corpus_sha256": corpus_sha})]),
     )
     if all(task_done(out, arch.name, s) for s in checkpoints):
-        state_path.unlink(missing_ok=True)
+        _remove_stale_saves(state_path, finished=True)
         advance(arch.steps)
         return
     model.to(device)
@@ -498,7 +503,7 @@ def _train_one(
         _save_state(state_path, {**state, "recipe_sha256": recipe_sha, "seed": seed})
 
     _train_loop(arch, model, opt, start, train, seed, device, checkpoint, save, advance)
-    state_path.unlink(missing_ok=True)
+    _remove_stale_saves(state_path, finished=True)
 
 
 def _with_threads(threads: int | None, fn, *args, **kwargs):
