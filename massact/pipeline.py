@@ -8,8 +8,10 @@ argparse. Stage results are kept in the returned state dict; files go to `RunSet
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -69,8 +71,39 @@ class RunSettings:
         return f"massact report: {self.source.source}{preset}"
 
 
+log = logging.getLogger("massact")
+
+
 def say(msg: str) -> None:
-    print(f"massact: {msg}", flush=True)
+    """A progress line of the pipeline (logger "massact", INFO; shown by the command lines)."""
+    log.info(msg)
+
+
+class _Below(logging.Filter):
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < self.level
+
+
+def configure_logging(verbosity: int = 0) -> None:
+    """Show massact's log lines as `massact: ...`: progress (INFO) on stdout, warnings and errors
+    on stderr. verbosity: 0 = INFO, 1 or more = DEBUG, -1 or less = warnings only.
+    Replaces the handlers an earlier call set (calling it twice does not print lines twice)."""
+    level = logging.DEBUG if verbosity > 0 else logging.WARNING if verbosity < 0 else logging.INFO
+    for handler in [h for h in log.handlers if getattr(h, "_massact", False)]:
+        log.removeHandler(handler)
+    out, err = logging.StreamHandler(sys.stdout), logging.StreamHandler(sys.stderr)
+    out.addFilter(_Below(logging.WARNING))
+    err.setLevel(logging.WARNING)
+    for handler in (out, err):
+        handler.setFormatter(logging.Formatter("massact: %(message)s"))
+        handler._massact = True
+        log.addHandler(handler)
+    log.setLevel(level)
+    log.propagate = False
 
 
 class Interrupted:

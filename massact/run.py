@@ -28,6 +28,7 @@ from .pipeline import (
     NotWritable,
     RunSettings,
     SourceSettings,
+    configure_logging,
     has_finished_work,
     interrupt_guard,
     run_pipeline,
@@ -119,7 +120,14 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="local: processes (mini-suite default: one per CPU core; checkpoint sweeps: 1); "
         "ray: tasks in flight at most (default: as the cluster allows)",
     )
-    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars (a progress line every ~30 s instead, as without a terminal)",
+    )
+    talk = run.add_mutually_exclusive_group()
+    talk.add_argument("-v", "--verbose", action="store_true", help="debug messages too")
+    talk.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     run.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
 
 
@@ -357,6 +365,7 @@ def main(argv: list[str] | None = None, *, stages: Iterable[str] = STAGES, prog=
 
 
 def execute(parser: argparse.ArgumentParser, args: argparse.Namespace, stages) -> int:
+    configure_logging(1 if args.verbose else -1 if args.quiet else 0)
     try:
         settings = resolve(args, stages)
     except UsageError as exc:

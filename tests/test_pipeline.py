@@ -128,3 +128,34 @@ def test_provenance_records_the_fit_settings(tmp_path):
     }
     assert {"chunk_size", "workers"} <= set(resolved)
     assert all(isinstance(recorded[k], int) and recorded[k] >= 1 for k in resolved)
+
+
+def test_quiet_and_verbose_set_what_is_shown(tmp_path, capsys):
+    _tiny_dataset(tmp_path / "dataset")
+    argv = ["--out", str(tmp_path), "--no-progress"]
+    assert massact_run.main(argv, stages=("fit",)) == 0
+    assert "massact: [2] fit done in" in capsys.readouterr().out
+    assert massact_run.main([*argv, "-q"], stages=("fit",)) == 0
+    assert capsys.readouterr().out == ""
+    with pytest.raises(SystemExit):
+        massact_run.main([*argv, "-q", "-v"], stages=("fit",))  # one or the other
+    assert "not allowed with" in capsys.readouterr().err
+
+
+def test_sweeps_without_bars_log_progress_lines(caplog):
+    import logging
+
+    from massact.sources._engine import _Progress
+
+    caplog.set_level(logging.INFO, logger="massact.engine")
+    with _Progress("sweep", {"a": 2, "b": 2}, show=False, every_s=0.0) as progress:
+        for model in ("a", "a", "b", "b"):
+            progress.advance(model, 1)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith("sweep: 1/4 (25%), ETA ") and lines[0].endswith("(a 1/2, b 0/2)")
+    assert lines[-1] == "sweep: 4/4 (100%) (a 2/2, b 2/2)"
+    caplog.clear()
+    with _Progress("quiet", {"a": 100}, show=False, every_s=3600.0) as progress:
+        for _ in range(100):
+            progress.advance("a", 1)
+    assert [r.getMessage() for r in caplog.records] == ["quiet: 100/100 (100%)"]  # the end only

@@ -29,6 +29,7 @@ import logging
 import multiprocessing
 import os
 import queue
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -136,15 +137,31 @@ def _first_line(exc: BaseException) -> str:
 
 
 # ----------------------------------------------------------------------------- progress
+def _duration(seconds: float) -> str:
+    """12 s, 3 min 20 s, 2 h 05 min."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
 @dataclass
 class _Progress:
-    """Per-model bars (units done / total) and a sweep bar with its ETA; silent unless show."""
+    """Per-model bars (units done / total) and a sweep bar with its ETA when `show`; without
+    bars (no terminal, --no-progress), a logged line (logger massact.engine, INFO) at most every
+    `every_s` seconds and at the end: units done / total per model, and the sweep's ETA."""
 
     title: str
     totals: dict[str, int]
     show: bool
+    every_s: float = 30.0
     _bar: Any = None
     _ids: dict[str, Any] = field(default_factory=dict)
+    _done: dict[str, float] = field(default_factory=dict)
+    _start: float = field(default_factory=time.monotonic)
+    _last: float = field(default_factory=time.monotonic)
 
     def __enter__(self) -> _Progress:
         if not self.show:
@@ -177,11 +194,25 @@ class _Progress:
             self._bar.__exit__(*exc)
 
     def advance(self, model: str, n: float) -> None:
-        if self._bar is None or not n:
+        if not n:
             return
-        self._bar.advance(self._ids["*"], n)
-        if model in self._ids:
-            self._bar.advance(self._ids[model], n)
+        if self._bar is not None:
+            self._bar.advance(self._ids["*"], n)
+            if model in self._ids:
+                self._bar.advance(self._ids[model], n)
+            return
+        self._done[model] = self._done.get(model, 0.0) + n
+        now, done, total = time.monotonic(), sum(self._done.values()), sum(self.totals.values())
+        if now - self._last < self.every_s and done < total:
+            return
+        self._last = now
+        rate = done / max(now - self._start, 1e-9)
+        eta = f", ETA {_duration((total - done) / rate)}" if 0 < done < total else ""
+        models = self.totals.items() if len(self.totals) > 1 else ()
+        per_model = ", ".join(f"{m} {self._done.get(m, 0):.0f}/{t}" for m, t in models)
+        tail = f" ({per_model})" if per_model else ""
+        share = 100 * done / max(total, 1)
+        log.info("%s: %.0f/%d (%.0f%%)%s%s", self.title, done, total, share, eta, tail)
 
     def failed(self, failure: TaskFailure) -> None:
         """Name a failed task at once (above the bars, else as a logged warning)."""
