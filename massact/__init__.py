@@ -40,6 +40,7 @@ _EXPORTS: dict[str, str] = {
     "MINI_PRESETS": "massact.sources",
     "MiniArch": "massact.sources",
     "sweep_pythia": "massact.sources",
+    "sweep_hf_suite": "massact.sources",
     "PYTHIA_ARCHS": "massact.sources",
     "PYTHIA_STEPS": "massact.sources",
     "paper_steps": "massact.sources",
@@ -108,6 +109,7 @@ if TYPE_CHECKING:  # static tools see every public name
     from .sources import MiniArch as MiniArch
     from .sources import ingest_archive as ingest_archive
     from .sources import paper_steps as paper_steps
+    from .sources import sweep_hf_suite as sweep_hf_suite
     from .sources import sweep_pythia as sweep_pythia
     from .sources import train_mini_suite as train_mini_suite
     from .stats import LayerStats as LayerStats
