@@ -278,12 +278,13 @@ def check_step_pattern(pattern: str | None) -> None:
 def check_revisions(spec: str | None) -> None:
     if spec is None:
         return
-    text = spec.strip().lower()
-    if text.startswith("every:"):
-        k = text.split(":", 1)[1]
-        if not k.isdigit() or int(k) < 1:
-            raise UsageError(f"--revisions {spec!r}: K in every:K must be a positive integer")
-    elif not [r for r in text.split(",") if r.strip()]:
+    from .sources import every_k
+
+    try:
+        k = every_k(spec)
+    except ValueError as exc:
+        raise UsageError(f"--revisions {exc}") from None
+    if k is None and not [r for r in spec.split(",") if r.strip()]:
         raise UsageError("--revisions: give all, every:K or revision names")
 
 
@@ -299,7 +300,7 @@ def parse_models(text: str) -> list[str]:
 
 def parse_steps(spec: str, model: str) -> list[int]:
     """all | every:K | paper | comma list -> checkpoint steps of the Pythia schedule."""
-    from .sources import PYTHIA_STEPS, paper_steps
+    from .sources import PYTHIA_STEPS, every_k, every_kth, paper_steps
 
     schedule = [int(s) for s in PYTHIA_STEPS]
     spec = spec.strip().lower()
@@ -307,15 +308,12 @@ def parse_steps(spec: str, model: str) -> list[int]:
         return schedule
     if spec == "paper":
         return [int(s) for s in paper_steps(model)]
-    if spec.startswith("every:"):
-        try:
-            k = int(spec.split(":", 1)[1])
-        except ValueError:
-            k = 0
-        if k < 1:
-            raise UsageError(f"--steps {spec!r}: K in every:K must be a positive integer")
-        picked = schedule[::k]
-        return picked if picked[-1] == schedule[-1] else [*picked, schedule[-1]]
+    try:
+        k = every_k(spec)
+    except ValueError as exc:
+        raise UsageError(f"--steps {exc}") from None
+    if k is not None:
+        return every_kth(schedule, k)
     try:
         steps = sorted({int(s) for s in spec.split(",") if s.strip()})
     except ValueError:

@@ -6,7 +6,7 @@ of any checkpointed Hugging Face suite: revisions, architecture rows, the per-ch
 schedule), `_pythia_checkpoints` (resolving, hashing, loading checkpoints of any repo) and
 `_pythia_inputs` (the probe sequences), `_engine` (where a sweep's tasks run: this process, local
 worker processes, or Ray; the calling process writes), `_archive` (the paper's released
-statistics).
+statistics, with `_archive_parser`: one file read with bounded memory, no code executed).
 Imports: massact.dataset, massact.probe (and through it massact.stats); ray only for the ray
 engine.
 """
@@ -15,6 +15,8 @@ from ._archive import ingest_archive as ingest_archive
 from ._archive import parse_stats_file as parse_stats_file
 from ._engine import Engine as Engine
 from ._engine import SweepError as SweepError
+from ._hf_suite import every_k as every_k
+from ._hf_suite import every_kth as every_kth
 from ._hf_suite import parse_step as parse_step
 from ._hf_suite import sweep_hf_suite as sweep_hf_suite
 from ._mini_suite import MINI_PRESETS as MINI_PRESETS

@@ -142,6 +142,26 @@ def list_revisions(
     return sorted(b.name for b in HfApi().list_repo_refs(repo).branches)
 
 
+def every_k(spec: str) -> int | None:
+    """K of an "every:K" checkpoint choice, None if `spec` is not one.
+
+    ValueError (naming the choice) unless K is a positive integer.
+    """
+    text = spec.strip().lower()
+    if not text.startswith("every:"):
+        return None
+    k = text.split(":", 1)[1].strip()
+    if not k.isdigit() or int(k) < 1:
+        raise ValueError(f"{spec!r}: K in every:K must be a positive integer")
+    return int(k)
+
+
+def every_kth(items: Sequence, k: int) -> list:
+    """Every k-th of `items` from the first, always ending at the last (the final checkpoint)."""
+    picked = list(items[::k])
+    return picked if picked[-1] == items[-1] else [*picked, items[-1]]
+
+
 def select_revisions(
     spec: str | Sequence[str],
     available: Callable[[], Sequence[str]],
@@ -183,16 +203,8 @@ def select_revisions(
         text = spec.strip()
         if text.lower() == "all":
             chosen = sorted(listed().items())
-        elif text.lower().startswith("every:"):
-            try:
-                k = int(text.split(":", 1)[1])
-            except ValueError:
-                k = 0
-            if k < 1:
-                raise ValueError(f"revisions {spec!r}: K in every:K must be a positive integer")
-            steps = sorted(listed())
-            picked = steps[::k] if steps[::k][-1] == steps[-1] else [*steps[::k], steps[-1]]
-            chosen = [(s, listed()[s]) for s in picked]
+        elif (k := every_k(text)) is not None:
+            chosen = [(s, listed()[s]) for s in every_kth(sorted(listed()), k)]
         else:
             chosen = _named(text.split(","), listed, pattern, repo)
     else:

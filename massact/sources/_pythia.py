@@ -35,7 +35,14 @@ import torch
 
 from ..dataset import write_task
 from ._engine import Engine, as_engine
-from ._hf_suite import CheckpointJob, ModelPlan, checkpoint_task, rotary, sweep_checkpoints
+from ._hf_suite import (
+    CheckpointJob,
+    ModelPlan,
+    checkpoint_task,
+    every_kth,
+    rotary,
+    sweep_checkpoints,
+)
 from ._hf_suite import architecture_row as hf_architecture_row
 from ._hf_suite import extract_stats as extract_stats
 from ._pythia_archs import FINAL_STEP as FINAL_STEP
@@ -90,8 +97,7 @@ def select_steps(spec: str | int | Sequence[int] | None = "paper") -> list[int]:
     if isinstance(spec, int) and not isinstance(spec, bool):
         if spec < 1:
             raise ValueError(f"every-k step choice needs k >= 1, got {spec}")
-        picked = list(PYTHIA_STEPS[::spec])
-        return picked if picked[-1] == FINAL_STEP else [*picked, FINAL_STEP]
+        return every_kth(PYTHIA_STEPS, spec)
     if isinstance(spec, str):
         raise ValueError(f"steps must be 'all', 'paper', an int k or a list, got {spec!r}")
     steps = sorted({int(s) for s in spec})
