@@ -248,7 +248,8 @@ def test_a_second_run_keeps_the_first_runs_state_save_in_progress(tmp_path):
     goes (even an empty one: a kill before the first buffered write leaves 0 bytes)."""
     from test_mini_suite import CORPUS
 
-    from massact.sources._mini_suite import MiniArch, _remove_stale_saves, train_mini_suite
+    from massact.sources._mini_state import remove_stale_saves
+    from massact.sources._mini_suite import MiniArch, train_mini_suite
 
     arch = MiniArch(2, 16, 2, 2, steps=3, batch=2, seq_len=16, warmup=1, n_regular=1)
     state_dir = tmp_path / ".mini_state"
@@ -263,8 +264,8 @@ def test_a_second_run_keeps_the_first_runs_state_save_in_progress(tmp_path):
     saving = temp("saving", b"half of a state")  # another run is writing it
     killed = temp("killed", b"")  # a save killed before its first write
     with open(state_path.with_name(state_path.name + ".lock"), "a+b") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as _save_state holds it
-        _remove_stale_saves(state_path)
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as save_state holds it
+        remove_stale_saves(state_path)
         assert saving.read_bytes() == b"half of a state" and killed.exists()
     saving.unlink()  # that run renamed its file
     train_mini_suite(tmp_path, [arch], corpus=CORPUS, progress=False)
@@ -277,14 +278,14 @@ def test_a_full_disk_during_a_state_save_names_the_file(tmp_path):
     the save says which file it could not write, and leaves no temporary file."""
     import torch
 
-    from massact.sources._mini_suite import _save_state
+    from massact.sources._mini_state import save_state
 
     state_path = tmp_path / ".mini_state" / "mini-L2-d16-H2-f2.pt"
     state = {"model": {"w": torch.zeros(50_000)}}
     with file_size_limit(32768), pytest.raises(OSError) as caught:
-        _save_state(state_path, state)
+        save_state(state_path, state)
     message = str(caught.value)
     assert message.startswith(f"cannot save the training state {state_path} (is the disk full?)")
     assert not state_path.exists() and not list(state_path.parent.glob(".*.tmp"))
-    _save_state(state_path, state)  # space again: the save goes through
+    save_state(state_path, state)  # space again: the save goes through
     assert torch.equal(torch.load(state_path, weights_only=True)["model"]["w"], state["model"]["w"])

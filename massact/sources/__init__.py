@@ -1,7 +1,9 @@
 """Sources of trajectories: each writes the massact.dataset format, resumably.
 
-Modules: `_mini_suite` (small GPTNeoX models trained from scratch, offline), `_hf_suite` (sweeps
-of any checkpointed Hugging Face suite: revisions, architecture rows, the per-checkpoint task),
+Modules: `_mini_suite` (small GPTNeoX models trained from scratch, offline; with
+`_mini_presets` (MiniArch, presets), `_mini_corpus` (data, seeds) and `_mini_state` (states)),
+`_hf_suite` (sweeps of any checkpointed Hugging Face suite: revisions, architecture rows,
+the per-checkpoint task),
 `_pythia` (Pythia as one such suite) with `_pythia_archs` (the suite's architectures and
 schedule), `_pythia_checkpoints` (resolving, hashing, loading checkpoints of any repo) and
 `_pythia_inputs` (the probe sequences), `_engine` (where a sweep's tasks run: this process, local
@@ -19,8 +21,8 @@ from ._hf_suite import every_k as every_k
 from ._hf_suite import every_kth as every_kth
 from ._hf_suite import parse_step as parse_step
 from ._hf_suite import sweep_hf_suite as sweep_hf_suite
-from ._mini_suite import MINI_PRESETS as MINI_PRESETS
-from ._mini_suite import MiniArch as MiniArch
+from ._mini_presets import MINI_PRESETS as MINI_PRESETS
+from ._mini_presets import MiniArch as MiniArch
 from ._mini_suite import train_mini_suite as train_mini_suite
 from ._pythia import PYTHIA_ARCHS as PYTHIA_ARCHS
 from ._pythia import PYTHIA_STEPS as PYTHIA_STEPS

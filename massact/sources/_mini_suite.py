@@ -26,26 +26,16 @@ corpus and recipe (one CPU thread per model), so every engine writes the same fi
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 import os
 import sys
-import sysconfig
-import tempfile
-import time
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
-
-try:
-    import fcntl
-except ImportError:  # Windows: stale temp files are told by their age alone
-    fcntl = None
 
 from ..dataset import (
     frame_from_layer_stats,
@@ -56,186 +46,22 @@ from ..dataset import (
     write_task,
 )
 from ._engine import Engine, Task, as_engine, available_cpus, raise_failures, run_tasks
+from ._mini_corpus import (
+    BOS,
+    VOCAB,
+    int_seed,
+    load_corpus,
+    probe_set,
+    sample_sequences,
+    split_corpus,
+    tensor_sha256,
+    weights_sha256,
+)
+from ._mini_presets import MINI_PRESETS, MiniArch
+from ._mini_state import remove_stale_saves, save_state
 
 SUITE = "mini"
-BOS = 256  # byte values are 0..255
-VOCAB = 257
 _STATE_DIR = ".mini_state"
-_SKIP_PARTS = {"site-packages", "dist-packages", "test", "tests", "__pycache__", "idlelib"}
-
-
-@dataclass(frozen=True)
-class MiniArch:
-    """One mini-suite model and its training recipe."""
-
-    L: int
-    d: int
-    H: int
-    mlp_ratio: int = 4
-    steps: int = 1500
-    batch: int = 32
-    seq_len: int = 64
-    lr: float = 3e-3
-    warmup: int = 100
-    weight_decay: float = 0.01
-    n_regular: int = 15  # regular checkpoints after the early powers of two
-
-    def __post_init__(self) -> None:
-        if min(self.L, self.d, self.H, self.mlp_ratio, self.steps, self.batch) <= 0:
-            raise ValueError(f"{self}: L, d, H, mlp_ratio, steps and batch must be positive")
-        if self.d % self.H or (self.d // self.H) % 8:
-            # rotary covers a quarter of each head and needs an even number of dims
-            raise ValueError(f"{self}: d must be divisible by H with a head size divisible by 8")
-        if self.seq_len < 2:
-            raise ValueError(f"{self}: seq_len must be at least 2 (BOS + one byte)")
-
-    @property
-    def name(self) -> str:
-        return f"mini-L{self.L}-d{self.d}-H{self.H}-f{self.mlp_ratio}"
-
-    @property
-    def d_ff(self) -> int:
-        return self.mlp_ratio * self.d
-
-    def checkpoints(self) -> list[int]:
-        """Pythia-like: 0, 1, 2, 4, ... below the regular interval, then every interval."""
-        every = max(1, self.steps // max(1, self.n_regular))
-        early = [0] + [2**i for i in range(32) if 2**i < every]
-        regular = list(range(every, self.steps + 1, every))
-        return sorted(set(early + regular + [self.steps]))
-
-
-def _grid(shapes, **recipe) -> list[MiniArch]:
-    return [MiniArch(L, d, H, f, **recipe) for L, d, H, f in shapes]
-
-
-# fast: 5 models, 26 layers, ~100 s of CPU time on one core (one thread); every model has a layer
-# whose top1/median at least doubles from step 0 (measured with seed 0 on the Python 3.11 stdlib
-# corpus; another corpus changes the numbers). Sequences of 64 grew ratios faster than batch 16.
-_FAST = dict(steps=400, batch=8, seq_len=64, warmup=30, weight_decay=0.0, n_regular=8)
-# full: 16 models spanning H/d (1/64..1/16), d/L (8..64), MLP ratio 2x..8x; minutes on a GPU
-MINI_PRESETS: dict[str, list[MiniArch]] = {
-    "tiny": _grid(
-        [(2, 16, 2, 2), (3, 32, 4, 4)], steps=24, batch=4, seq_len=16, warmup=4, n_regular=3
-    ),
-    "fast": [
-        *_grid([(4, 64, 2, 4), (4, 64, 2, 2), (4, 64, 4, 2), (6, 64, 4, 2)], lr=1e-2, **_FAST),
-        *_grid([(8, 64, 4, 4)], lr=2e-2, **_FAST),  # deeper: at 1e-2 no layer doubled in 400
-    ],
-    "full": _grid(
-        [
-            (4, 64, 2, 4),
-            (4, 128, 4, 2),
-            (4, 256, 4, 4),
-            (6, 128, 2, 8),
-            (6, 128, 4, 4),
-            (6, 128, 8, 2),
-            (6, 256, 8, 4),
-            (8, 128, 4, 4),
-            (8, 128, 8, 8),
-            (8, 256, 4, 2),
-            (8, 256, 16, 4),
-            (12, 128, 4, 4),
-            (12, 192, 6, 2),
-            (12, 256, 8, 8),
-            (16, 128, 4, 4),
-            (16, 256, 8, 4),
-        ],
-        steps=4000,
-        batch=32,
-        seq_len=128,
-        lr=5e-3,
-        warmup=200,
-        weight_decay=0.0,
-        n_regular=20,
-    ),
-}
-
-
-# ----------------------------------------------------------------------------- corpus
-def load_corpus(corpus: str | os.PathLike | bytes | None = None, max_bytes: int = 4 << 20) -> bytes:
-    """The training text as bytes, deterministic for a given machine and argument.
-
-    None: the .py files under the Python standard library (sysconfig 'stdlib'), in sorted
-    relative-path order, without tests and third-party folders, up to `max_bytes`.
-    A path: that file, or every regular file under that folder in sorted order. bytes: as is.
-    Every source is cut to its first `max_bytes` bytes.
-    """
-    if isinstance(corpus, bytes):
-        data = corpus
-    elif corpus is None:
-        data = _stdlib_text(max_bytes)
-    else:
-        path = Path(corpus)
-        if path.is_file():
-            data = path.read_bytes()
-        elif path.is_dir():
-            files = sorted((p for p in path.rglob("*") if p.is_file()), key=lambda p: p.as_posix())
-            data = b"".join(p.read_bytes() for p in files)
-        else:
-            raise FileNotFoundError(f"corpus {path} is neither a file nor a folder")
-    data = data[:max_bytes]
-    if len(data) < 4096:
-        raise ValueError(
-            f"the corpus has {len(data)} bytes; the mini-suite needs at least 4096 "
-            "(pass a larger text file, or corpus=None for the Python standard library)"
-        )
-    return data
-
-
-def _stdlib_text(max_bytes: int) -> bytes:
-    """Standard-library .py files, walked in sorted order, until max_bytes are read."""
-    base = sysconfig.get_paths()["stdlib"]
-    chunks, total = [], 0
-    for dirpath, dirnames, filenames in os.walk(base):
-        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_PARTS)
-        for name in sorted(f for f in filenames if f.endswith(".py")):
-            chunks.append(Path(dirpath, name).read_bytes())
-            total += len(chunks[-1])
-            if total >= max_bytes:
-                return b"".join(chunks)
-    return b"".join(chunks)
-
-
-def split_corpus(data: bytes) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train, held-out) byte tensors: the last 10% is held out for the probe set."""
-    tokens = torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy())
-    split = int(len(tokens) * 0.9)
-    return tokens[:split], tokens[split:]
-
-
-def probe_set(held: torch.Tensor, *, seed: int, n_probe: int, seq_len: int) -> torch.Tensor:
-    """The fixed probe batch [n_probe, seq_len]: BOS + held-out bytes at seeded offsets."""
-    if len(held) <= seq_len:
-        raise ValueError(f"the held-out corpus ({len(held)} bytes) is too short for {seq_len}")
-    gen = torch.Generator().manual_seed(_int_seed("probe", seed, n_probe, seq_len))
-    offsets = torch.randint(0, len(held) - seq_len, (n_probe,), generator=gen)
-    return _sample(held, offsets, seq_len)
-
-
-def _sample(
-    data: torch.Tensor, offsets: torch.Tensor, seq_len: int
-) -> torch.Tensor:  # -> [n, seq_len]
-    idx = offsets[:, None] + torch.arange(seq_len - 1)
-    body = data[idx].long()
-    return torch.cat([torch.full((len(offsets), 1), BOS, dtype=torch.long), body], dim=1)
-
-
-def _int_seed(*parts: object) -> int:
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:7], "little")
-
-
-def _sha256_tensor(t: torch.Tensor) -> str:
-    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
-
-
-def weights_sha256(model: torch.nn.Module) -> str:
-    """sha256 over the state dict (names and raw bytes, in sorted name order)."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------- one model
@@ -244,7 +70,7 @@ def build_model(arch: MiniArch, seed: int = 0):
     from transformers import GPTNeoXForCausalLM
 
     config = _config(arch)
-    torch.manual_seed(_int_seed("init", seed, arch.name))
+    torch.manual_seed(int_seed("init", seed, arch.name))
     return GPTNeoXForCausalLM(config)
 
 
@@ -287,73 +113,6 @@ def _lr_lambda(arch: MiniArch):
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
 
     return f
-
-
-_UNLOCKED_AGE_S = 300.0  # without file locks (Windows): a temp file this old is stale
-
-
-@contextlib.contextmanager
-def _save_lock(state_path: Path, *, wait: bool = True) -> Iterator[bool]:
-    """Exclusive lock on `<state>.lock` for a save of the training state, or for clearing the
-    leftovers of killed saves. Yields whether it is held (always True when waiting; False when
-    `wait` is off and a save of another run is in progress). Without file locks: True."""
-    if fcntl is None:
-        yield True
-        return
-    state_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(state_path.with_name(state_path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def _save_state(path: Path, state: dict) -> None:
-    """Atomic save (temporary file, then rename) under the state's lock, so that
-    `_remove_stale_saves` of a concurrent run never takes a save in progress for a killed one.
-    A failed write (e.g. a full disk) is an OSError naming the file."""
-    with _save_lock(path):
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(state, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException as e:
-            Path(tmp).unlink(missing_ok=True)
-            if isinstance(e, (OSError, RuntimeError)):  # torch reports a short write as either
-                detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise OSError(
-                    f"cannot save the training state {path} (is the disk full?): {detail}"
-                ) from e
-            raise
-
-
-def _remove_stale_saves(state_path: Path, *, finished: bool = False) -> None:
-    """Delete the temporary files of state saves that were killed midway, and only those:
-    while another run holds the state's lock (a save in progress) nothing is touched. Without
-    file locks, a temporary file is stale once older than `_UNLOCKED_AGE_S`.
-    `finished`: the model's training is done; the state and its lock file go too."""
-    with _save_lock(state_path, wait=False) as held:
-        if not held:
-            return
-        for tmp in state_path.parent.glob(f".{state_path.name}.*"):
-            try:
-                old = time.time() - tmp.stat().st_mtime > _UNLOCKED_AGE_S
-            except OSError:
-                continue  # renamed or removed meanwhile
-            if fcntl is not None or old:
-                tmp.unlink(missing_ok=True)
-        if finished:
-            state_path.unlink(missing_ok=True)
-            if fcntl is not None:
-                state_path.with_name(state_path.name + ".lock").unlink(missing_ok=True)
 
 
 def _arch_row(arch: MiniArch, n_params: int, extra: dict) -> dict:
@@ -400,7 +159,7 @@ def _prov_base(arch: MiniArch, seed: int, probe: torch.Tensor, corpus_sha: str) 
     recipe_sha = hashlib.sha256(repr(sorted(asdict(arch).items())).encode()).hexdigest()
     return {
         "source": "mini",
-        "input_sha256": _sha256_tensor(probe),
+        "input_sha256": tensor_sha256(probe),
         "seed": int(seed),
         "corpus_sha256": corpus_sha,
         "recipe_sha256": recipe_sha,
@@ -440,9 +199,9 @@ def _train_loop(arch, model, opt, start, train, seed, device, on_checkpoint, on_
                 on_state(step)
         if step == arch.steps:
             break
-        gen.manual_seed(_int_seed("batch", seed, step))
+        gen.manual_seed(int_seed("batch", seed, step))
         offsets = torch.randint(0, n_train, (arch.batch,), generator=gen)
-        batch = _sample(train, offsets, arch.seq_len).to(device)
+        batch = sample_sequences(train, offsets, arch.seq_len).to(device)
         loss = model(input_ids=batch, labels=batch).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -469,7 +228,7 @@ def _train_one(
     recipe_sha = prov_base["recipe_sha256"]
     _check_compatible(out, arch, prov_base)
     state_path = out / _STATE_DIR / f"{arch.name}.pt"
-    _remove_stale_saves(state_path)  # left by a kill mid-save
+    remove_stale_saves(state_path)  # left by a kill mid-save
     model = build_model(arch, seed)
     n_params = sum(p.numel() for p in model.parameters())
     write_architectures(
@@ -477,7 +236,7 @@ def _train_one(
         pd.DataFrame([_arch_row(arch, n_params, {"seed": seed, "corpus_sha256": corpus_sha})]),
     )
     if all(task_done(out, arch.name, s) for s in checkpoints):
-        _remove_stale_saves(state_path, finished=True)
+        remove_stale_saves(state_path, finished=True)
         advance(arch.steps)
         return
     model.to(device)
@@ -500,10 +259,10 @@ def _train_one(
 
     def save(step: int) -> None:
         state = {"step": step, "model": model.state_dict(), "optim": opt.state_dict()}
-        _save_state(state_path, {**state, "recipe_sha256": recipe_sha, "seed": seed})
+        save_state(state_path, {**state, "recipe_sha256": recipe_sha, "seed": seed})
 
     _train_loop(arch, model, opt, start, train, seed, device, checkpoint, save, advance)
-    _remove_stale_saves(state_path, finished=True)
+    remove_stale_saves(state_path, finished=True)
 
 
 def _with_threads(threads: int | None, fn, *args, **kwargs):
