@@ -377,8 +377,9 @@ def information_criteria(sse, n, k):
 
 
 def _first_round(settings: FitSettings, tn, yn, w, workers: int):
-    """Round 1 on every row and the stopping test's `sse_drop` at its result.
-    Returns (z, sse, n_iter, jtj, drop) in normalised units and the compile seconds."""
+    """Round 1 on every row and the stopping test's `sse_drop` at its result (one worker task
+    per chunk runs both). Returns (z, sse, n_iter, jtj, drop) in normalised units and the
+    compile seconds."""
     N, n = tn.shape
     # at least 32 rows: small batches (tests, one model's layers) share one compiled function;
     # a batch smaller than workers chunks is split so that every worker gets one
@@ -391,21 +392,18 @@ def _first_round(settings: FitSettings, tn, yn, w, workers: int):
         lambda *a: fit_batch(*a, **solver),
         [(cb, nb)] * 3 + [g.shape for g in grids],
     )
-    z, sse, n_iter, _, jtj = _gather(_run_chunks(fit, (tn, yn, w), cb, nb, grids, workers))
-    drop, c2 = _sse_drop(tn, yn, w, z, sse, cb, nb, workers)
-    return (z, sse, n_iter, jtj, drop), c1 + c2
-
-
-def _sse_drop(tn, yn, w, z, sse, cb: int, nb: int, workers: int):
-    """`_core.sse_drop` of each row's z (normalised units) and the compile seconds."""
-    fn, sec = _compiled(
+    drop, c2 = _compiled(
         ("sse_drop", nb, cb),
         lambda *a: (sse_drop_batch(*a),),
         [(cb, nb)] * 3 + [(cb, N_PARAMS), (cb,)],
     )
-    extra = [(z, _DUMMY_Z), (sse, 1.0)]
-    (drop,) = _gather(_run_chunks(fn, (tn, yn, w), cb, nb, (), workers, extra))
-    return drop, sec
+
+    def both(tn, yn, w, *grids):
+        z, sse, n_iter, conv, jtj = fit(tn, yn, w, *grids)
+        return z, sse, n_iter, jtj, drop(tn, yn, w, z, sse)[0]
+
+    state = _gather(_run_chunks(both, (tn, yn, w), cb, nb, grids, workers))
+    return state, c1 + c2
 
 
 def _later_rounds(settings: FitSettings, cols, state, stop_at, workers: int):

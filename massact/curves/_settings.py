@@ -50,9 +50,9 @@ class FitSettings:
     newton_iter: int = 12
     lm_iter: int = 20
     max_rounds: int = 16
-    round_vp_iter: int = 20
-    round_newton_iter: int = 40
-    round_lm_iter: int = 30
+    round_vp_iter: int = 10
+    round_newton_iter: int = 25
+    round_lm_iter: int = 20
     b_grid: tuple[float, ...] = _B_GRID
     u_grid: tuple[float, ...] = _U_GRID
     chunk_size: int | None = None
