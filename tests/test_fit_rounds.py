@@ -115,7 +115,7 @@ def test_statuses_follow_the_stopping_rule_and_the_tolerance(which, request):
 
 def test_rounds_do_not_depend_on_the_batch():
     """A curve's later rounds give the same result alone or among others (compaction: each
-    call holds whichever curves are left, padded to 8 rows)."""
+    call holds whichever curves are left, padded to 8 or 32 rows)."""
     d = corpus_curves("pythia_mix", 64, seed=2, n_points=(26, N_COLS))
     t, y, m = _padded(d)
     rows = [24, 30, 62, 0, 1]
@@ -129,6 +129,7 @@ def test_rounds_do_not_depend_on_the_batch():
 
 def test_round_rows_are_few_shapes():
     assert [round_rows(k, 8, 2) for k in (1, 9, 17, 500)] == [8, 8, 8, 8]
+    assert [round_rows(k, 32, 2) for k in (1, 16, 17, 500)] == [8, 8, 32, 32]
     assert [round_rows(k, 65536, 1) for k in (1, 9, 33, 129, 10**6)] == [8, 32, 128, 512, 65536]
     assert round_rows(40, 128, 2) == 32
 

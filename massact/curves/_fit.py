@@ -388,7 +388,7 @@ def _first_round(settings: FitSettings, tn, yn, w, workers: int):
     grids = settings.grids()
     solver = settings.solver()
     fit, c1 = _compiled(
-        ("fit", settings.compiled_part(), nb, cb),
+        ("fit", tuple(solver.items()), settings.b_grid, settings.u_grid, nb, cb),
         lambda *a: fit_batch(*a, **solver),
         [(cb, nb)] * 3 + [g.shape for g in grids],
     )
@@ -424,6 +424,10 @@ def _later_rounds(settings: FitSettings, cols, state, stop_at, workers: int):
         idx = np.flatnonzero(go)
         if idx.size == 0:
             break
+        # curves with similar drops share a call: a call's loops run until its slowest curve
+        # stops, and near-converged curves stop after a few steps
+        with np.errstate(all="ignore"):
+            idx = idx[np.argsort(drop[idx] / sse[idx], kind="stable")]
         cb = round_rows(idx.size, settings.round_chunk_size, workers)
         fn, sec = _compiled(
             ("round", tuple(solver.items()), nb, cb),
