@@ -326,7 +326,9 @@ def run_pipeline(settings: RunSettings, interrupted: Interrupted | None = None) 
     if {"hypotheses", "report"} & set(stages):
         from .curves import fit_hypotheses
 
-        hyp = timed("hypotheses", lambda: fit_hypotheses(traj.t, traj.y, traj.mask, fit=fit))
+        hyp = timed(
+            "hypotheses", lambda: fit_hypotheses(traj.t, traj.y, traj.mask, fit=fit, status=True)
+        )
         atomic_write_bytes(out / "hypotheses.parquet", hyp.to_parquet(index=False))
     if {"predict", "report"} & set(stages):
         predictor = timed(

@@ -159,3 +159,14 @@ def test_sweeps_without_bars_log_progress_lines(caplog):
         for _ in range(100):
             progress.advance("a", 1)
     assert [r.getMessage() for r in caplog.records] == ["quiet: 100/100 (100%)"]  # the end only
+
+
+def test_hypotheses_output_carries_a_status_per_fit(tmp_path):
+    import pandas as pd
+
+    from massact.curves import FitStatus
+
+    _tiny_dataset(tmp_path / "dataset")
+    assert massact_run.main(["--out", str(tmp_path), "-q"], stages=("hypotheses",)) == 0
+    hyp = pd.read_parquet(tmp_path / "hypotheses.parquet")
+    assert set(hyp["status"]) <= {s.label for s in FitStatus} and len(hyp) > 0
