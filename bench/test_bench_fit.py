@@ -150,8 +150,9 @@ def _has_jax_gpu() -> bool:
         return False
 
 
-def _info(benchmark, case: FitCase, provider: str, n: int, **extra) -> None:
-    benchmark.group = f"fit {case.id}"
+def fit_info(benchmark, group: str, case, provider: str, n: int, show: list, **extra) -> None:
+    """The row metadata of a fitting benchmark (case: a label and a device; n curves)."""
+    benchmark.group = group
     benchmark.extra_info.update(
         kernel="fit_trajectories",
         provider=provider,
@@ -161,9 +162,13 @@ def _info(benchmark, case: FitCase, provider: str, n: int, **extra) -> None:
         dtype="float64",
         device=case.device,
         baseline=BASELINE,
-        show=SHOW,
+        show=show,
         **extra,
     )
+
+
+def _info(benchmark, case: FitCase, provider: str, n: int, **extra) -> None:
+    fit_info(benchmark, f"fit {case.id}", case, provider, n, SHOW, **extra)
 
 
 @pytest.mark.parametrize("provider", [BASELINE, "massact"])

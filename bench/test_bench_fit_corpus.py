@@ -31,7 +31,8 @@ from massact.curves import CORPUS_SETS, corpus_curves
 from massact.curves._fit import FitStatus, fit_trajectories
 from massact.curves._scipy_recipe import reference_fit_batch
 
-BASELINE = "scipy_loop"
+from .test_bench_fit import BASELINE, fit_info
+
 SHOW = [
     "fits_per_s",
     "ms_per_curve",
@@ -124,18 +125,7 @@ def reference(case: CorpusCase, d: dict) -> dict:
 
 
 def _info(benchmark, case: CorpusCase, provider: str, n: int) -> None:
-    benchmark.group = f"fit corpus {case.id}"
-    benchmark.extra_info.update(
-        kernel="fit_trajectories",
-        provider=provider,
-        case=case.label,
-        shape=[n],
-        items=n,
-        dtype="float64",
-        device=case.device,
-        baseline=BASELINE,
-        show=SHOW,
-    )
+    fit_info(benchmark, f"fit corpus {case.id}", case, provider, n, SHOW)
 
 
 def quality(fit, ref: dict) -> dict:
