@@ -179,19 +179,7 @@ def test_callback_in_a_real_trainer(tmp_path):
     probe = batch(77, size=3)
     monitor = RatioMonitorCallback(probe, every=2, log=True)
     reference = ReferenceProbe(probe, every=2)
-    args = TrainingArguments(
-        output_dir=str(tmp_path),
-        max_steps=6,
-        per_device_train_batch_size=4,
-        learning_rate=1e-2,
-        logging_steps=2,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        seed=0,
-    )
+    args = trainer_args(tmp_path, max_steps=6)
     trainer = Trainer(model, args, train_dataset=TokenDataset(), callbacks=[monitor, reference])
     trainer.train()
 
