@@ -281,9 +281,9 @@ def check_revisions(spec: str | None) -> None:
     from .sources import every_k
 
     try:
-        k = every_k(spec)
+        k = every_k(spec, "--revisions")
     except ValueError as exc:
-        raise UsageError(f"--revisions {exc}") from None
+        raise UsageError(str(exc)) from None
     if k is None and not [r for r in spec.split(",") if r.strip()]:
         raise UsageError("--revisions: give all, every:K or revision names")
 
@@ -309,9 +309,9 @@ def parse_steps(spec: str, model: str) -> list[int]:
     if spec == "paper":
         return [int(s) for s in paper_steps(model)]
     try:
-        k = every_k(spec)
+        k = every_k(spec, "--steps")
     except ValueError as exc:
-        raise UsageError(f"--steps {exc}") from None
+        raise UsageError(str(exc)) from None
     if k is not None:
         return every_kth(schedule, k)
     try:

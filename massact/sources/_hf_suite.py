@@ -142,17 +142,17 @@ def list_revisions(
     return sorted(b.name for b in HfApi().list_repo_refs(repo).branches)
 
 
-def every_k(spec: str) -> int | None:
+def every_k(spec: str, option: str = "revisions") -> int | None:
     """K of an "every:K" checkpoint choice, None if `spec` is not one.
 
-    ValueError (naming the choice) unless K is a positive integer.
+    ValueError naming the option and the choice unless K is a positive integer.
     """
     text = spec.strip().lower()
     if not text.startswith("every:"):
         return None
     k = text.split(":", 1)[1].strip()
     if not k.isdigit() or int(k) < 1:
-        raise ValueError(f"{spec!r}: K in every:K must be a positive integer")
+        raise ValueError(f"{option} {spec!r}: K in every:K must be a positive integer")
     return int(k)
 
 
