@@ -325,14 +325,20 @@ def group_key(h: torch.Tensor) -> tuple:
     return (h.device, h.dtype, h.shape[-2], h.shape[-1], h.stride(-2), h.stride(-1))
 
 
-def triton_layer_stats(h: torch.Tensor, k: int = 3, **options) -> LayerStats:
-    """LayerStats of h [..., S, d] (validated by the caller) with the fused kernels."""
-    return triton_layer_stats_many([h], k, **options)[0]
+def triton_layer_stats(
+    h: torch.Tensor, k: int = 3, mask: torch.Tensor | None = None, **options
+) -> LayerStats:
+    """LayerStats of h [..., S, d] (validated by the caller) with the fused kernels.
+
+    mask: None or bool [..., S] on h's device (validated by the caller; True = a real token).
+    """
+    return triton_layer_stats_many([h], k, mask, **options)[0]
 
 
 def triton_layer_stats_many(
     hs: list[torch.Tensor],
     k: int = 3,
+    mask: torch.Tensor | None = None,
     *,
     empty=torch.empty,
     tile: int | None = None,
@@ -346,6 +352,8 @@ def triton_layer_stats_many(
     (tests pass one that fills NaN / -1, so an element a kernel forgets to write is caught).
     tile/block_d/tiles: block-size overrides for tests.
     """
+    if mask is not None:
+        raise NotImplementedError("triton_layer_stats_many: mask= is not implemented yet")
     h = hs[0]
     if any(group_key(x) != group_key(h) for x in hs):
         raise ValueError("triton_layer_stats_many: tensors differ in device/dtype/S/d/strides")
