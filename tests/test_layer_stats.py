@@ -22,6 +22,8 @@ from _cases import (
 
 import massact
 from massact import LayerStats, layer_stats, reference_layer_stats
+from massact.stats import triton_available
+from massact.stats._torch_path import _CPU_MIN_N
 
 # ---- the oracle against independent computations ------------------------------------------
 
@@ -75,8 +77,9 @@ def test_torch_path_special_values(case, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("case", SPECIAL)
 def test_torch_path_special_values_large_slices(case, dtype):
-    """Slices of >= 2048 values take the in-place numpy selection for the median on CPU."""
-    h = special(case, dtype, (2, 64, 40))
+    """Slices of >= _CPU_MIN_N values take the numpy CPU path (slices in parallel)."""
+    h = special(case, dtype, (3, 64, 72))
+    assert 64 * 72 >= _CPU_MIN_N
     for v in strided_views(h).values():
         assert_stats_equal(layer_stats(v, k=3, backend="torch"), reference_layer_stats(v, k=3))
 
@@ -177,6 +180,25 @@ def test_triton_backend_raises_where_it_cannot_run(monkeypatch):
         layer_stats(torch.randn(2, 3), backend="triton")
     h = torch.randn(2, 3)  # "auto" falls back quietly to the torch path
     assert_stats_equal(layer_stats(h), reference_layer_stats(h))
+
+
+def test_triton_backend_never_falls_back_silently():
+    """k above the kernels' limit: backend='triton' raises naming the limit; 'auto' (and the
+    torch path) serve it."""
+    from massact.kernels.layer_stats import MAX_K
+
+    h = torch.randn(1, 10, 10)
+    if not triton_available(h.device):
+        pytest.skip("Triton cannot run here")
+    for call in (
+        lambda: layer_stats(h, MAX_K + 1, backend="triton"),
+        lambda: massact.layer_stats_many([h], MAX_K + 1, backend="triton"),
+    ):
+        with pytest.raises(
+            ValueError, match=rf"k <= {MAX_K}.*got k={MAX_K + 1}.*'auto' or 'torch'"
+        ):
+            call()
+    assert_stats_equal(layer_stats(h, MAX_K + 1), reference_layer_stats(h, MAX_K + 1))
 
 
 @pytest.mark.parametrize("backend", ["auto", "torch", "reference"])

@@ -7,7 +7,9 @@ massact/stats/_reference.py, the oracle):
   CPU tensors under TRITON_INTERPRET=1, slowly: that is how the tests run them).
 - "torch": the fast torch path (massact/stats/_torch_path.py), any device.
 - "reference": the pure-torch oracle (a full sort), any device.
-- "auto": triton for CUDA tensors when Triton works, otherwise the torch path, quietly.
+- "auto": triton for CUDA tensors when Triton works and the kernels take the slice size and k
+  (`kernels.layer_stats.supported`), otherwise the torch path, quietly. "triton" asked for by
+  name never falls back: it raises where the kernels cannot run.
 
 Nothing here queries the device or imports Triton at import time.
 """
@@ -19,7 +21,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ._result import LayerStats, validate_input
+from ._result import LayerStats, validate_input, validate_mask
 
 BACKENDS = ("auto", "triton", "torch", "reference")
 
@@ -36,80 +38,125 @@ def triton_available(device: torch.device) -> bool:
     return True
 
 
-def layer_stats(h: torch.Tensor, k: int = 3, *, backend: str = "auto") -> LayerStats:
+def layer_stats(
+    h: torch.Tensor,
+    k: int = 3,
+    *,
+    mask: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> LayerStats:
     """Top-k and median of |h| over the last two dims of h [..., S, d], per leading index.
 
     h: bf16, fp16 or fp32, CUDA or CPU, any strides (slices, transposed views, hook outputs).
+    mask: None (every token counts) or a bool / integer tensor broadcastable to [..., S], True
+    or nonzero = a real token (e.g. a padded batch's attention mask; moved to h's device). Only
+    real tokens' values count; top_token/top_channel stay positions in h. A slice with no real
+    token gets NaN top, median and ratio and token/channel -1; one with fewer than k real values
+    gets NaN (and -1) in the missing top entries. Float masks are refused (ValueError).
     Returns LayerStats on h's device: top/top_token/top_channel [..., k], median/ratio [...].
-    backend: "auto" (Triton on CUDA when it works, else the torch path), "triton" (raises if
-    Triton cannot run here), "torch" (fast torch path) or "reference" (the sorting oracle).
+    backend: "auto" (Triton on CUDA when it works and takes this k and S * d, else the torch
+    path), "triton" (raises ValueError/RuntimeError if the kernels cannot run this input),
+    "torch" (fast torch path) or "reference" (the sorting oracle).
     Results are bit-identical across backends.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     k = validate_input(h, k)
+    mask = validate_mask(h, mask)
     h = h.detach()  # statistics only: hooks may hand over tensors that require grad
     if h.numel() == 0:  # a zero-size leading dim: nothing to reduce, empty results
         return _empty_stats(h, k)
     if backend == "reference":
         from ._reference import reference_layer_stats
 
-        return reference_layer_stats(h, k)
-    if backend == "auto":
-        use_triton = h.device.type == "cuda" and triton_available(h.device)
-        backend = "triton" if use_triton else "torch"
-    if backend == "triton":
-        if not triton_available(h.device):
-            raise RuntimeError(
-                f"backend='triton' cannot run on a {h.device.type} tensor here: Triton needs a "
-                f"CUDA device (or TRITON_INTERPRET=1 for CPU tensors) and an importable triton "
-                f"package; use backend='auto' or 'torch'"
-            )
-        from ..kernels.layer_stats import supported, triton_layer_stats
+        return reference_layer_stats(h, k, mask=mask)
+    if backend == "triton" or (backend == "auto" and _triton_takes(h, k)):
+        _check_triton(h, k)
+        from ..kernels.layer_stats import triton_layer_stats
 
-        if supported(h.shape[-2] * h.shape[-1], k):
-            return triton_layer_stats(h, k)
+        try:
+            return triton_layer_stats(h, k, mask)
+        except NotImplementedError:  # kernels without masks yet: "auto" falls back quietly
+            if backend == "triton" or mask is None:
+                raise
     from ._torch_path import torch_layer_stats
 
-    return torch_layer_stats(h, k)
+    return torch_layer_stats(h, k, mask)
+
+
+def _triton_takes(h: torch.Tensor, k: int) -> bool:
+    """Whether "auto" sends h to the Triton kernels: CUDA, Triton works, size and k supported."""
+    if h.device.type != "cuda" or not triton_available(h.device):
+        return False
+    from ..kernels.layer_stats import supported
+
+    return supported(h.shape[-2] * h.shape[-1], k)
+
+
+def _check_triton(h: torch.Tensor, k: int) -> None:
+    """Raise a clear error where backend='triton' cannot run h with this k."""
+    if not triton_available(h.device):
+        raise RuntimeError(
+            f"backend='triton' cannot run on a {h.device.type} tensor here: Triton needs a "
+            f"CUDA device (or TRITON_INTERPRET=1 for CPU tensors) and an importable triton "
+            f"package; use backend='auto' or 'torch'"
+        )
+    from ..kernels.layer_stats import MAX_K, MAX_N, supported
+
+    n = h.shape[-2] * h.shape[-1]
+    if not supported(n, k):
+        raise ValueError(
+            f"backend='triton' takes k <= {MAX_K} and S * d <= {MAX_N}, got k={k}, "
+            f"S * d={n}; use backend='auto' or 'torch' (the torch path takes any k and size)"
+        )
 
 
 def layer_stats_many(
-    hs: Sequence[torch.Tensor], k: int = 3, *, backend: str = "auto"
+    hs: Sequence[torch.Tensor],
+    k: int = 3,
+    *,
+    mask: torch.Tensor | None = None,
+    backend: str = "auto",
 ) -> list[LayerStats]:
     """layer_stats of each tensor of hs (e.g. every layer's output of one forward pass).
 
-    Same results as [layer_stats(h, k, backend=backend) for h in hs]; on the Triton backend the
-    tensors that share device, dtype, S, d and the strides of the last two dims go through one
-    kernel launch per pass together.
+    Same results as [layer_stats(h, k, mask=mask, backend=backend) for h in hs]: one mask for
+    every tensor (the layers of one forward pass share the batch's attention mask). On the
+    Triton backend the tensors that share device, dtype, S, d and the strides of the last two
+    dims (and, with a mask, the leading dims) go through one kernel launch per pass together.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     hs = list(hs)
+    masks = []
     for h in hs:
         k = validate_input(h, k)
+        masks.append(validate_mask(h, mask))
     out: list[LayerStats | None] = [None] * len(hs)
     groups: dict[tuple, list[int]] = {}
     for i, h in enumerate(hs):
-        cuda_auto = backend == "auto" and h.device.type == "cuda" and triton_available(h.device)
-        if h.numel() > 0 and (backend == "triton" or cuda_auto):
-            if not triton_available(h.device):
-                layer_stats(h, k, backend="triton")  # raises the clear error
+        triton = backend == "triton" or (backend == "auto" and _triton_takes(h, k))
+        if h.numel() > 0 and triton:
+            _check_triton(h, k)
             from ..kernels.layer_stats import group_key
 
-            groups.setdefault(group_key(h), []).append(i)
+            # one mask per launch: with a mask, a group also shares its leading dims
+            key = group_key(h) if mask is None else (*group_key(h), h.shape[:-2])
+            groups.setdefault(key, []).append(i)
         else:
-            out[i] = layer_stats(h, k, backend=backend)
+            out[i] = layer_stats(h, k, mask=masks[i], backend=backend)
     if groups:
-        from ..kernels.layer_stats import supported, triton_layer_stats_many
+        from ..kernels.layer_stats import triton_layer_stats_many
 
         for idx in groups.values():
-            h = hs[idx[0]]
-            if not supported(h.shape[-2] * h.shape[-1], k):  # the torch path, one by one
-                for i in idx:
-                    out[i] = layer_stats(hs[i], k, backend="torch")
-                continue
-            for i, st in zip(idx, triton_layer_stats_many([hs[i].detach() for i in idx], k)):
+            group = [hs[i].detach() for i in idx]
+            try:
+                results = triton_layer_stats_many(group, k, masks[idx[0]])
+            except NotImplementedError:  # kernels without masks yet: "auto" falls back
+                if backend == "triton" or mask is None:
+                    raise
+                results = [layer_stats(hs[i], k, mask=masks[i], backend="torch") for i in idx]
+            for i, st in zip(idx, results):
                 out[i] = st
     return out
 

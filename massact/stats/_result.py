@@ -1,8 +1,8 @@
 """The statistics' result type and input checks: the leaf every statistics path imports.
 
-`LayerStats` is what every backend returns; `validate_input` is the one check of what they
-accept. This module imports only torch, so the Triton kernels (kernels/) can import it without
-pulling in the rest of massact.
+`LayerStats` is what every backend returns; `validate_input` and `validate_mask` are the one
+check of what they accept. This module imports only torch, so the Triton kernels (kernels/)
+can import it without pulling in the rest of massact.
 """
 
 from __future__ import annotations
@@ -120,3 +120,37 @@ def validate_input(h: torch.Tensor, k: int) -> int:
     if not 1 <= k <= n:
         raise ValueError(f"k must satisfy 1 <= k <= S * d = {n}, got k={k}")
     return k
+
+
+def validate_mask(h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The token mask as bool on h's device, shape h.shape[:-1] (a broadcast view), or None.
+
+    mask: None or a bool / integer tensor broadcastable to h.shape[:-1] ([..., S]); True or
+    nonzero = a real token. Floating masks are refused: an additive attention mask holds 0 for
+    real tokens, so there is no safe reading of one. Call after validate_input(h, k).
+    """
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask must be a torch.Tensor [..., S] or None, got {type(mask).__name__}")
+    if mask.layout != torch.strided or mask.is_nested or mask.is_meta:
+        raise ValueError(f"mask must be a dense tensor with data, got layout {mask.layout}")
+    if mask.dtype != torch.bool and (mask.is_floating_point() or mask.is_complex()):
+        raise ValueError(
+            f"mask must be bool or integer (True / nonzero = real token), got {mask.dtype}; "
+            f"for a 0/1 float mask pass mask.bool(), for an additive one (0 = real) mask == 0"
+        )
+    lead = h.shape[:-1]
+    try:
+        fits = torch.broadcast_shapes(mask.shape, lead) == lead
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(
+            f"mask of shape {tuple(mask.shape)} does not broadcast to h.shape[:-1] = "
+            f"{tuple(lead)} (h is [..., S, d] of shape {tuple(h.shape)}, mask is [..., S])"
+        )
+    mask = mask.to(h.device)
+    if mask.dtype != torch.bool:
+        mask = mask != 0
+    return mask.expand(lead)

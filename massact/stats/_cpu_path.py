@@ -1,0 +1,140 @@
+"""CPU path of the layer statistics for large slices: numpy selection, slices in parallel.
+
+Bit-identical to the oracle `_reference` (same patterns as `_patterns`). Per slice [S, d]:
+
+1. one pass writes the patterns of |h| (int32 for fp32, int16 for fp16 / bf16) into a scratch
+   buffer of the worker thread, reused from call to call (never part of a result);
+2. per-token maxima; NaN patterns clamped to one; masked tokens' rows set to -1;
+3. top-k: only tokens whose maximum reaches the k-th largest token maximum can hold a top-k
+   value (see `_torch_path`); among their values, the k-th largest pattern v, every value
+   above v and the first (smallest flat index) values equal to v;
+4. median: numpy's in-place selection (introselect, SIMD on x86) of the scratch buffer at the
+   lower median's rank, shifted by the masked values below it.
+
+Slices are spread over up to torch.get_num_threads() threads (numpy releases the GIL). Memory
+traffic per slice: one read of h, one write and about three reads of the scratch buffer.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from ._patterns import MASKED, median_rank, stats_from_patterns
+from ._result import BIT_PATTERNS, LayerStats
+
+_NUMPY_INT = {torch.int32: np.int32, torch.int16: np.int16}
+_KEEP_BYTES = 64 * 2**20  # scratch kept per thread between calls; larger ones are freed
+
+_local = threading.local()  # .scratch: this thread's uint8 buffer
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _reset_pool() -> None:  # a forked child has none of the parent's threads
+    global _pool
+    _pool = None
+
+
+os.register_at_fork(after_in_child=_reset_pool)
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="massact-stats")
+        return _pool
+
+
+def _scratch(n: int, dtype: np.dtype) -> np.ndarray:
+    """This thread's reusable buffer of n values of dtype (contents undefined)."""
+    nbytes = n * np.dtype(dtype).itemsize
+    buf = getattr(_local, "scratch", None)
+    if buf is None or buf.nbytes < nbytes:
+        buf = np.empty(nbytes, dtype=np.uint8)
+        if nbytes <= _KEEP_BYTES:
+            _local.scratch = buf
+    return buf[:nbytes].view(dtype)
+
+
+def _top_k(bits: np.ndarray, tmax: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k (patterns, flat indices) of the real values of bits [S, d] (masked rows -1), in
+    order: larger pattern first, then smaller flat index. Fewer than k when fewer are real."""
+    S, d = bits.shape
+    kk = min(k, S)
+    bound = max(int(np.partition(tmax, S - kk)[S - kk]), 0)  # real values are >= 0
+    rows = np.flatnonzero(tmax >= bound)
+    vals = bits[rows].reshape(-1)
+    flat = (rows[:, None] * d + np.arange(d)).reshape(-1)
+    m = min(k, vals.size)  # >= 1: a real row's maximum is >= 0 and reaches the bound
+    kth = np.partition(vals, vals.size - m)[vals.size - m]  # the m-th largest pattern
+    above = np.flatnonzero(vals > kth)
+    equal = np.flatnonzero(vals == kth)[: m - above.size]  # flat order: ties by index
+    pick = np.concatenate([above, equal])
+    order = np.lexsort((flat[pick], -vals[pick].astype(np.int64)))
+    return vals[pick][order].astype(np.int64), flat[pick][order]
+
+
+def _slice_stats(
+    x: np.ndarray, real: np.ndarray | None, k: int, dtype: torch.dtype
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """(top patterns [<= k], their flat indices, median pattern or -1) of one slice x [S, d],
+    an integer view of h. real: [S] bool, None = every token."""
+    S, d = x.shape
+    _, sign_off, inf = BIT_PATTERNS[dtype]
+    bits = _scratch(S * d, x.dtype).reshape(S, d)
+    np.bitwise_and(x, sign_off, out=bits)
+    tmax = bits.max(axis=1)
+    if tmax.max() > inf:  # NaNs: one canonical pattern, so they tie like torch's
+        np.minimum(bits, inf + 1, out=bits)
+        np.minimum(tmax, inf + 1, out=tmax)
+    n_real = S * d
+    if real is not None:
+        n_real = int(np.count_nonzero(real)) * d
+        if n_real == 0:
+            return np.empty(0, np.int64), np.empty(0, np.int64), MASKED
+        if n_real < S * d:
+            bits[~real] = MASKED
+            tmax[~real] = MASKED
+    top, flat = _top_k(bits, tmax, k)
+    rank = median_rank(S * d, n_real)
+    line = bits.reshape(-1)
+    line.partition(rank)  # in place: the scratch buffer, after the top-k has read it
+    return top, flat, int(line[rank])
+
+
+def cpu_layer_stats(h: torch.Tensor, k: int, mask: torch.Tensor | None = None) -> LayerStats:
+    """LayerStats of a CPU tensor h [..., S, d] (validated; mask None or bool h.shape[:-1])."""
+    S, d = h.shape[-2], h.shape[-1]
+    lead = h.shape[:-2]
+    B = math.prod(lead)
+    view = BIT_PATTERNS[h.dtype][0]
+    # no reshape: merging strided leading dims could copy h; slice b is x[unravel(b)]
+    x = h.detach().resolve_neg().view(view).numpy()
+    real = None if mask is None else mask.reshape(B, S).numpy()
+    top_bits = np.full((B, k), MASKED, dtype=np.int64)
+    flat = np.full((B, k), MASKED, dtype=np.int64)
+    median = np.empty(B, dtype=np.int64)
+
+    def run(slices: range) -> None:
+        for b in slices:
+            x_b = x[np.unravel_index(b, lead)]
+            top, idx, med = _slice_stats(x_b, None if real is None else real[b], k, h.dtype)
+            top_bits[b, : top.size], flat[b, : idx.size], median[b] = top, idx, med
+
+    workers = max(1, min(torch.get_num_threads(), B))
+    if workers == 1:
+        run(range(B))
+    else:
+        step = -(-B // workers)
+        chunks = [range(i, min(i + step, B)) for i in range(0, B, step)]
+        for done in [_executor().submit(run, c) for c in chunks]:
+            done.result()
+    patterns = (torch.from_numpy(a) for a in (top_bits, flat, median))
+    return stats_from_patterns(*patterns, h.dtype, d, lead)
