@@ -253,10 +253,14 @@ def frame_from_layer_stats(
     """Stats rows of one forward pass from one `LayerStats` per decoder layer.
 
     per_layer[l].top: [batch, k], per_layer[l].median: [batch] (any array-like or tensor).
-    Returns one row per (layer, sample) in the task-file schema (without provenance).
+    Returns one row per (layer, sample) in the task-file schema (without provenance), with
+    top1_token and top1_channel when the entries are LayerStats (they hold positions).
     """
-    tops, medians = [], []
+    tops, medians, where = [], [], []
     for layer, st in enumerate(per_layer):
+        if hasattr(st, "top_token") and hasattr(st, "top_channel"):  # a LayerStats
+            pos = [_as_numpy(st.top_token), _as_numpy(st.top_channel)]
+            where.append([p.reshape(-1, p.shape[-1])[:, 0].astype(np.int64) for p in pos])
         top = _as_numpy(st.top)
         median = _as_numpy(st.median)
         if top.ndim == 1:  # a single sequence without batch dim
@@ -285,6 +289,9 @@ def frame_from_layer_stats(
         cols[f"top{i + 1}"] = top[:, i]
     cols["median"] = np.concatenate(medians)
     cols["ratio"] = cols["top1"] / cols["median"]
+    if len(where) == L:  # where the top1 sits: its token and channel (original positions)
+        cols["top1_token"] = np.concatenate([w[0] for w in where])
+        cols["top1_channel"] = np.concatenate([w[1] for w in where])
     return pd.DataFrame(cols)
 
 

@@ -10,6 +10,9 @@ Layout of a dataset root::
 A task file holds one row per (layer, sample): suite, model, step, layer, sample, top1..topk,
 median, ratio (= top1 / median), plus the task's provenance as constant columns (source,
 revision, commit, weights_sha256, input_sha256, duplicate_of, and any extra keys a source adds).
+Optional per-row columns: top1_token, top1_channel (where the top1 sits, original positions;
+written whenever the stats came from LayerStats) and bos_attention (the mini-suite's attention-
+sink share: the largest over heads of the mean attention weight on the first token).
 The manifest entry of a task repeats its provenance, the file's sha256 and its row count.
 
 Writing (atomic task files, manifest under a lock, architectures, notes) and the one check of

@@ -37,6 +37,7 @@ import pandas as pd
 
 from ..dataset import atomic_write_bytes
 from . import _figures
+from ._location import write_location_section
 from ._tables import (
     fit_frame,
     html_table,
@@ -405,6 +406,8 @@ def write_report(
             bold=aic.round(1).eq(aic.round(1).min(axis=0), axis=1),
             csv=tab_dir / "table5_aic.csv",
         )
+
+    write_location_section(doc, dataset, fig_dir, tab_dir, out)
 
     pred_figs: list[Path] = []
     if predictor is not None:

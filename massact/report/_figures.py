@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 _DPI = 110
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def save_figure(fig: Figure, path: str | Path) -> Path:
     """PNG of `fig` written atomically (a kill or a full disk leaves the last good copy)."""
     path = Path(path)
     buf = io.BytesIO()
@@ -100,7 +100,7 @@ def fig_final_ratio(dataset: Dataset, path: str | Path) -> Path:
     ax.set_ylabel("final max top1/median ratio")
     ax.set_title("Final massive-activation ratio vs model size")
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def pick_models(order: list[str], n: int = 3) -> list[str]:
@@ -159,7 +159,7 @@ def fig_top_activations(
     handles += [Line2D([], [], color="k", ls="--"), Line2D([], [], color="k", ls="-")]
     fig.legend(handles, [*names, "first step", "last step"], fontsize=9, loc="outside lower center",
                ncol=len(handles))  # fmt: skip
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def fig_ratio_trajectories(dataset: Dataset, path: str | Path, model: str) -> Path:
@@ -186,7 +186,7 @@ def fig_ratio_trajectories(dataset: Dataset, path: str | Path, model: str) -> Pa
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{model}: ratio of top activations to median during training")
     fig.supxlabel("training step")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _layer_table(keys: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -254,7 +254,7 @@ def fig_peak_heatmaps(traj: Trajectories, path: str | Path, n_bins: int = 10) ->
         ax.set_yticks(range(n_bins), [f"{c:.2f}" for c in centres], fontsize=10)
         ax.set_title(title, fontsize=12)
     axes[0].set_ylabel("relative depth (layer / L)", fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def fitted(fit: FitResult) -> np.ndarray:
@@ -310,7 +310,7 @@ def fig_fit_examples(
             ax.legend(fontsize=7)
     fig.supxlabel("training step")
     fig.supylabel("top1/median")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def fig_r2(traj: Trajectories, fit: FitResult, path: str | Path) -> Path:
@@ -337,7 +337,7 @@ def fig_r2(traj: Trajectories, fit: FitResult, path: str | Path) -> Path:
     ax_b.legend(fontsize=7, ncol=2)
     for ax in (ax_a, ax_b):
         ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def t_peak_grid(lam: np.ndarray, gamma: np.ndarray, t0: float) -> np.ndarray:
@@ -394,4 +394,4 @@ def fig_t_peak(
     ax.set_title(f"t_peak (Eq. 13), t0 = {t0:.3g}; blank: no peak (t_peak <= 0)")
     if lam_f.size:
         ax.legend(fontsize=7, loc="lower left")
-    return _save(fig, path)
+    return save_figure(fig, path)

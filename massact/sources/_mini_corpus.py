@@ -61,6 +61,32 @@ def _stdlib_text(max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
+REPEAT_CHUNK = (8, 32)  # bytes per chunk of the "repeat" text form, inclusive
+
+
+def text_form(data: bytes, form: str) -> bytes:
+    """The corpus as a model trains on it: "plain" as is, or "repeat": cut into chunks of 8-32
+    bytes (lengths from a fixed-seed generator, so the same on every machine), each written twice
+    in a row. During a chunk's first instance copying heads have nothing to copy and rest on the
+    BOS token: the attention sinks that grow massive activations in models this small."""
+    if form == "plain":
+        return data
+    if form != "repeat":
+        raise ValueError(f"unknown text form {form!r}: use 'plain' or 'repeat'")
+    lo, hi = REPEAT_CHUNK
+    lengths = np.random.default_rng(int_seed("repeat", lo, hi)).integers(
+        lo, hi + 1, size=len(data) // lo + 1
+    )
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    parts = []
+    for a, b in zip(starts.tolist(), ends.tolist()):
+        if a >= len(data):
+            break
+        parts.append(data[a:b] * 2)
+    return b"".join(parts)
+
+
 def split_corpus(data: bytes) -> tuple[torch.Tensor, torch.Tensor]:
     """(train, held-out) byte tensors: the last 10% is held out for the probe set."""
     tokens = torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy())

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+SCHEDULES = ("cosine", "constant")
+TEXT_FORMS = ("plain", "repeat")
+
 
 @dataclass(frozen=True)
 class MiniArch:
@@ -20,6 +23,8 @@ class MiniArch:
     warmup: int = 100
     weight_decay: float = 0.01
     n_regular: int = 15  # regular checkpoints after the early powers of two
+    schedule: str = "cosine"  # after warmup: "cosine" (to 10% at the end) or "constant"
+    text: str = "plain"  # the corpus as read ("plain") or each short chunk twice ("repeat")
 
     def __post_init__(self) -> None:
         if min(self.L, self.d, self.H, self.mlp_ratio, self.steps, self.batch) <= 0:
@@ -27,6 +32,12 @@ class MiniArch:
         if self.d % self.H or (self.d // self.H) % 8:
             # rotary covers a quarter of each head and needs an even number of dims
             raise ValueError(f"{self}: d must be divisible by H with a head size divisible by 8")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"{self}: schedule must be one of {SCHEDULES}")
+        if self.text not in TEXT_FORMS:
+            raise ValueError(f"{self}: text must be one of {TEXT_FORMS}")
+        if self.weight_decay < 0 or not self.lr > 0 or self.warmup < 1:
+            raise ValueError(f"{self}: lr must be > 0, weight_decay >= 0 and warmup >= 1")
         if self.seq_len < 2:
             raise ValueError(f"{self}: seq_len must be at least 2 (BOS + one byte)")
 

@@ -27,7 +27,6 @@ corpus and recipe (one CPU thread per model), so every engine writes the same fi
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import sys
 from collections.abc import Sequence
@@ -38,7 +37,6 @@ import pandas as pd
 import torch
 
 from ..dataset import (
-    frame_from_layer_stats,
     read_manifest,
     task_done,
     task_key,
@@ -47,74 +45,21 @@ from ..dataset import (
 )
 from ._engine import Engine, Task, as_engine, available_cpus, raise_failures, run_tasks
 from ._mini_corpus import (
-    BOS,
     VOCAB,
-    int_seed,
     load_corpus,
     probe_set,
-    sample_sequences,
     split_corpus,
     tensor_sha256,
-    weights_sha256,
+    text_form,
 )
 from ._mini_presets import MINI_PRESETS, MiniArch
 from ._mini_state import remove_stale_saves, save_state
+from ._mini_train import SUITE, build_model, count_params, make_optimizer, probe_task, train_loop
 
-SUITE = "mini"
 _STATE_DIR = ".mini_state"
 
 
 # ----------------------------------------------------------------------------- one model
-def build_model(arch: MiniArch, seed: int = 0):
-    """A randomly initialised GPTNeoXForCausalLM for `arch` (deterministic for seed, name)."""
-    from transformers import GPTNeoXForCausalLM
-
-    config = _config(arch)
-    torch.manual_seed(int_seed("init", seed, arch.name))
-    return GPTNeoXForCausalLM(config)
-
-
-def _n_params(arch: MiniArch) -> int:
-    """Parameter count of `arch`, built on the meta device (nothing allocated, no RNG used)."""
-    from transformers import GPTNeoXForCausalLM
-
-    with torch.device("meta"):
-        model = GPTNeoXForCausalLM(_config(arch))
-    return sum(p.numel() for p in model.parameters())
-
-
-def _config(arch: MiniArch):
-    from transformers import GPTNeoXConfig
-
-    return GPTNeoXConfig(
-        vocab_size=VOCAB,
-        hidden_size=arch.d,
-        num_hidden_layers=arch.L,
-        num_attention_heads=arch.H,
-        intermediate_size=arch.d_ff,
-        max_position_embeddings=arch.seq_len,
-        rotary_pct=0.25,
-        rotary_emb_base=10000,
-        use_parallel_residual=True,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-        tie_word_embeddings=False,
-        bos_token_id=BOS,
-        eos_token_id=BOS,
-        use_cache=False,
-    )
-
-
-def _lr_lambda(arch: MiniArch):
-    def f(step: int) -> float:
-        if step < arch.warmup:
-            return (step + 1) / arch.warmup
-        frac = (step - arch.warmup) / max(1, arch.steps - arch.warmup)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
-
-    return f
-
-
 def _arch_row(arch: MiniArch, n_params: int, extra: dict) -> dict:
     return {
         "suite": SUITE,
@@ -133,6 +78,9 @@ def _arch_row(arch: MiniArch, n_params: int, extra: dict) -> dict:
         "seq_len": arch.seq_len,
         "batch": arch.batch,
         "lr": arch.lr,
+        "weight_decay": arch.weight_decay,
+        "schedule": arch.schedule,
+        "text": arch.text,
         **extra,
     }
 
@@ -166,51 +114,6 @@ def _prov_base(arch: MiniArch, seed: int, probe: torch.Tensor, corpus_sha: str) 
     }
 
 
-def _optimizer(arch: MiniArch, model) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(
-        model.parameters(), lr=arch.lr, betas=(0.9, 0.95), weight_decay=arch.weight_decay
-    )
-
-
-def _probe_task(model, arch: MiniArch, step: int, probe_dev, prov_base: dict, backend: str):
-    """(stats frame, provenance) of the model at `step` on the probe set (eval mode inside)."""
-    from ..probe import collect_layer_stats
-
-    model.eval()
-    with torch.no_grad(), collect_layer_stats(model, k=3, backend=backend) as col:
-        model(input_ids=probe_dev)
-    df = frame_from_layer_stats(col.passes[0], suite=SUITE, model=arch.name, step=step)
-    prov = {**prov_base, "revision": f"step{step}", "weights_sha256": weights_sha256(model)}
-    model.train()
-    return df, prov
-
-
-def _train_loop(arch, model, opt, start, train, seed, device, on_checkpoint, on_state, advance):
-    """Steps start..arch.steps: on_checkpoint(step) at every checkpoint, then (below the last
-    step) on_state(step); one optimizer step between; advance(1) per training step."""
-    checkpoints = set(arch.checkpoints())
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(arch), last_epoch=start - 1)
-    gen = torch.Generator()
-    n_train = len(train) - arch.seq_len
-    for step in range(start, arch.steps + 1):
-        if step in checkpoints:
-            on_checkpoint(step)
-            if step < arch.steps:
-                on_state(step)
-        if step == arch.steps:
-            break
-        gen.manual_seed(int_seed("batch", seed, step))
-        offsets = torch.randint(0, n_train, (arch.batch,), generator=gen)
-        batch = sample_sequences(train, offsets, arch.seq_len).to(device)
-        loss = model(input_ids=batch, labels=batch).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        advance(1)
-
-
 def _train_one(
     arch: MiniArch,
     out: Path,
@@ -240,7 +143,7 @@ def _train_one(
         advance(arch.steps)
         return
     model.to(device)
-    opt = _optimizer(arch, model)
+    opt = make_optimizer(arch, model)
     start = 0
     if state_path.exists():
         state = torch.load(state_path, map_location=device, weights_only=True)
@@ -255,13 +158,13 @@ def _train_one(
 
     def checkpoint(step: int) -> None:
         if not task_done(out, arch.name, step):
-            write_task(out, *_probe_task(model, arch, step, probe_dev, prov_base, backend))
+            write_task(out, *probe_task(model, arch, step, probe_dev, prov_base, backend))
 
     def save(step: int) -> None:
         state = {"step": step, "model": model.state_dict(), "optim": opt.state_dict()}
         save_state(state_path, {**state, "recipe_sha256": recipe_sha, "seed": seed})
 
-    _train_loop(arch, model, opt, start, train, seed, device, checkpoint, save, advance)
+    train_loop(arch, model, opt, start, train, seed, device, checkpoint, save, advance)
     remove_stale_saves(state_path, finished=True)
 
 
@@ -308,16 +211,16 @@ def _model_task(arch, seed, corpus_sha, train, probe, device, threads, skip_step
 def _train_in_memory(arch, seed, corpus_sha, train, probe, device, skip_steps):
     prov_base = _prov_base(arch, seed, probe, corpus_sha)
     model = build_model(arch, seed).to(device)
-    opt = _optimizer(arch, model)
+    opt = make_optimizer(arch, model)
     probe_dev = probe.to(device)
     backend = "auto" if device.type == "cuda" else "torch"
     results = []
 
     def checkpoint(step: int) -> None:
         if step not in skip_steps:
-            results.append(_probe_task(model, arch, step, probe_dev, prov_base, backend))
+            results.append(probe_task(model, arch, step, probe_dev, prov_base, backend))
 
-    _train_loop(arch, model, opt, 0, train, seed, device, checkpoint, lambda s: None, lambda n: 0)
+    train_loop(arch, model, opt, 0, train, seed, device, checkpoint, lambda s: None, lambda n: 0)
     return results
 
 
@@ -378,15 +281,18 @@ def train_mini_suite(
 
     data = load_corpus(corpus)
     corpus_sha = hashlib.sha256(data).hexdigest()
-    train, held = split_corpus(data)
-    probes = [probe_set(held, seed=seed, n_probe=n_probe, seq_len=a.seq_len) for a in archs]
+    splits = {form: split_corpus(text_form(data, form)) for form in {a.text for a in archs}}
+    trains = [splits[a.text][0] for a in archs]
+    probes = [
+        probe_set(splits[a.text][1], seed=seed, n_probe=n_probe, seq_len=a.seq_len) for a in archs
+    ]
     for arch, probe in zip(archs, probes):  # before any work: refuse mixing runs
         _check_compatible(out, arch, _prov_base(arch, seed, probe, corpus_sha))
 
     show = sys.stderr.isatty() if progress is None else bool(progress)
-    common = (seed, corpus_sha, train)
     if engine.kind == "ray":
-        _run_ray(archs, probes, out, common, asked_device, threads, engine, show)
+        common = (seed, corpus_sha)
+        _run_ray(archs, trains, probes, out, common, asked_device, threads, engine, show)
         return out
     if threads is None and device.type == "cpu":
         threads = 1
@@ -401,7 +307,7 @@ def train_mini_suite(
             cost=_cost(arch),
             reports=True,
         )
-        for arch, probe in zip(archs, probes)
+        for arch, train, probe in zip(archs, trains, probes)
     ]
     failures = run_tasks(
         tasks,
@@ -434,15 +340,15 @@ def _cost(arch: MiniArch) -> float:
     return float(arch.steps * arch.batch * arch.seq_len * per_token)
 
 
-def _run_ray(archs, probes, out: Path, common, device, threads, engine, show) -> None:
+def _run_ray(archs, trains, probes, out: Path, common, device, threads, engine, show) -> None:
     """One Ray task per unfinished model; this process writes the architecture rows first,
     then each model's task files as the model arrives."""
-    seed, corpus_sha, train = common
+    seed, corpus_sha = common
     extra = {"seed": seed, "corpus_sha256": corpus_sha}
-    rows = [_arch_row(a, _n_params(a), extra) for a in archs]
+    rows = [_arch_row(a, count_params(a), extra) for a in archs]
     write_architectures(out, pd.DataFrame(rows))
     tasks = []
-    for arch, probe in zip(archs, probes):
+    for arch, train, probe in zip(archs, trains, probes):
         done = [s for s in arch.checkpoints() if task_done(out, arch.name, s)]
         if len(done) == len(arch.checkpoints()):
             continue
