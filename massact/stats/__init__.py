@@ -1,9 +1,11 @@
 """Statistics of one hidden state: top-k and lower median of |h| per slice.
 
-Modules: `_result` (LayerStats, input checks, bit-pattern constants: the leaf that kernels/
-imports), `_reference` (the pure-torch oracle that defines the numbers), `_torch_path` (the fast
-torch path, any device), `_dispatch` (layer_stats / layer_stats_many: picks a backend).
-Imports: torch only, and massact.kernels lazily from `_dispatch`.
+Modules: `_result` (LayerStats, input and mask checks, bit-pattern constants: the leaf that
+kernels/ imports), `_reference` (the pure-torch oracle that defines the numbers, masks
+included), `_patterns` (bit patterns of |h| and back), `_torch_path` (the fast torch path, any
+device), `_cpu_path` (its CPU branch for large slices: numpy selection, slices in parallel),
+`_dispatch` (layer_stats / layer_stats_many: validates, picks a backend).
+Imports: torch only (numpy from `_cpu_path`, on first use), massact.kernels lazily.
 """
 
 from ._dispatch import BACKENDS as BACKENDS
@@ -14,4 +16,5 @@ from ._reference import reference_layer_stats as reference_layer_stats
 from ._result import DTYPES as DTYPES
 from ._result import LayerStats as LayerStats
 from ._result import validate_input as validate_input
+from ._result import validate_mask as validate_mask
 from ._torch_path import torch_layer_stats as torch_layer_stats

@@ -129,12 +129,10 @@ def cpu_layer_stats(h: torch.Tensor, k: int, mask: torch.Tensor | None = None) -
             top_bits[b, : top.size], flat[b, : idx.size], median[b] = top, idx, med
 
     workers = max(1, min(torch.get_num_threads(), B))
-    if workers == 1:
-        run(range(B))
-    else:
-        step = -(-B // workers)
-        chunks = [range(i, min(i + step, B)) for i in range(0, B, step)]
-        for done in [_executor().submit(run, c) for c in chunks]:
-            done.result()
+    chunks = [range(i, B, workers) for i in range(workers)]
+    pending = [_executor().submit(run, c) for c in chunks[1:]]
+    run(chunks[0])  # this thread takes a share too
+    for done in pending:
+        done.result()
     patterns = (torch.from_numpy(a) for a in (top_bits, flat, median))
     return stats_from_patterns(*patterns, h.dtype, d, lead)
