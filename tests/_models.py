@@ -16,9 +16,11 @@ from transformers import (
     GPTNeoXForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
+    T5Config,
+    T5ForConditionalGeneration,
 )
 
-from massact.probe._hooks import decoder_layers
+from massact.probe import decoder_layers
 
 # the sizes GPTNeoX and Llama configs share; GPT-2 names the same ones differently
 _SIZES = dict(
@@ -71,6 +73,23 @@ def tiny_llama(seed: int = 0, *, train: bool = False, **overrides) -> LlamaForCa
         eos_token_id=0,
     )
     return _build(LlamaForCausalLM, LlamaConfig, seed, train, {**fields, **overrides})
+
+
+def tiny_t5(seed: int = 0, *, train: bool = False, **overrides) -> T5ForConditionalGeneration:
+    """A T5 encoder-decoder: `encoder.block` then `decoder.block`, each stack with its own
+    padding mask (`attention_mask`, `decoder_attention_mask`)."""
+    fields = dict(
+        vocab_size=64,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+    return _build(T5ForConditionalGeneration, T5Config, seed, train, {**fields, **overrides})
 
 
 def token_ids(vocab: int, batch: int, seq: int, seed: int) -> torch.Tensor:

@@ -12,6 +12,7 @@ import pytest
 import torch
 from _cases import ref_stats
 from _models import layer_outputs, tiny_llama, tiny_neox, token_ids
+from _tiny_tools import tiny_tokenizer
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import CallbackHandler, TrainerControl, TrainerState
 
@@ -221,6 +222,55 @@ def test_monitor_errors():
     with pytest.raises(TypeError, match="mapping"):
         RatioMonitor([1, 2, 3])
     assert len(RatioMonitor(batch(0)).history) == 0
+
+
+def padded_probe() -> dict:
+    """A left-padded probe (a tokenizer's BatchEncoding): 16, 9 and 4 real tokens."""
+    ids = batch(55, size=3)
+    return tiny_tokenizer(VOCAB).pad(
+        {"input_ids": [ids[0].tolist(), ids[1, :9].tolist(), ids[2, :4].tolist()]},
+        padding_side="left",
+        return_tensors="pt",
+    )
+
+
+def test_padded_probe_counts_its_real_tokens(tmp_path):
+    """The probe's attention mask and skip_first decide which tokens count (exact against the
+    oracle of the real rows), the history says so, and a saved history keeps it."""
+    model, probe = tiny_model(), padded_probe()
+    monitor = RatioMonitor(probe, every=1, skip_first=1)
+    rows = monitor.record(0, model).sort_values(["layer", "sample"])
+    kept = probe["attention_mask"].bool() & (probe["attention_mask"].cumsum(-1) > 1)
+    for layer, h in enumerate(layer_outputs(model, **probe, eval_mode=True)):
+        for b in range(3):
+            want = reference_layer_stats(h[b][kept[b]], 3)
+            got = rows[(rows["layer"] == layer) & (rows["sample"] == b)]
+            assert got[["top1", "top2", "top3"]].to_numpy().tolist() == [want.top.tolist()]
+            assert got["median"].item() == want.median.item()
+    assert monitor.history.attrs["massact"] == {"skip_first": 1, "attention_mask": True}
+    monitor.save(tmp_path / "h.parquet")
+    again = RatioMonitor(probe, skip_first=1)
+    again.load(tmp_path / "h.parquet")
+    pd.testing.assert_frame_equal(again.history, monitor.history, check_exact=True)
+    with pytest.raises(ValueError, match="counted other tokens"):
+        RatioMonitor(probe).load(tmp_path / "h.parquet")
+    with pytest.raises(ValueError, match="counted other tokens"):
+        RatioMonitor(probe["input_ids"], skip_first=1).load(tmp_path / "h.parquet")
+    older = monitor.history  # saved before histories said which tokens counted: accepted
+    older.attrs = {}
+    older.to_parquet(tmp_path / "older.parquet")
+    RatioMonitor(probe).load(tmp_path / "older.parquet")
+    assert RatioMonitorCallback(probe, skip_first=1).monitor.skip_first == 1
+
+
+def test_padded_probe_errors():
+    probe = padded_probe()
+    with pytest.raises(ValueError, match="2D \\[batch, seq\\] padding mask"):
+        RatioMonitor({**probe, "attention_mask": probe["attention_mask"][:, None, None]})
+    with pytest.raises(ValueError, match="differ in shape"):
+        RatioMonitor({**probe, "attention_mask": probe["attention_mask"][:, 1:]})
+    with pytest.raises(ValueError, match="skip_first"):
+        RatioMonitorCallback(probe, skip_first=-1)
 
 
 def trainer_args(output_dir, **overrides) -> TrainingArguments:

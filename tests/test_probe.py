@@ -15,7 +15,7 @@ from _cases import ref_stats
 from _models import layer_outputs, tiny_gpt2, tiny_llama, tiny_neox, token_ids
 
 from massact import LayerStats, collect_layer_stats, stats_of, transformer_lens_hook
-from massact.probe._hooks import decoder_layers
+from massact.probe import decoder_layers
 
 VOCAB, L, D, SEQ, BATCH = 97, 3, 32, 12, 2
 

@@ -8,16 +8,13 @@ final layer norm), which is why `collect_layer_stats` hooks the layers themselve
 Only `LayerStats` (a few numbers per sequence) are kept, never the hidden states, so a sweep over
 big models holds one layer's activation at a time, as the forward pass itself does.
 
-Models accepted: any `torch.nn.Module` whose layers sit at a known path (Hugging Face decoder,
-encoder and encoder-decoder families, multimodal wrappers' language model, TransformerLens
-`HookedTransformer` and `TransformerBridge`), and nnsight wrappers (`NNsight`, `LanguageModel`,
-`TransformersModel`), whose wrapped module is probed. transformer_lens and nnsight are never
-imported here.
+Where the layers are is `_layers`' job (Hugging Face, TransformerLens, nnsight); which tokens
+count (the batch's padding mask, `skip_first`) is `_tokens`'. transformer_lens and nnsight are
+never imported here.
 """
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -26,154 +23,15 @@ import pandas as pd
 import torch
 
 from ..stats import LayerStats, layer_stats
-
-# Encoder-decoder layouts, tried first: (encoder path, decoder path). The encoder runs first, so
-# its layers come first in execution order; tables label them with a `stack` column.
-_ENCODER_DECODER_PATHS = (
-    ("encoder.block", "decoder.block"),  # T5, MT5, UMT5 (ForConditionalGeneration and base)
-    ("model.encoder.layers", "model.decoder.layers"),  # BART, mBART, Marian, Pegasus, Whisper
-    ("encoder.layers", "decoder.layers"),  # their base models
+from ._layers import as_module, resolve_layers
+from ._tokens import (
+    ForwardMasks,
+    check_skip_first,
+    counted_tokens,
+    fit_to_hidden,
+    padding_mask,
+    real_tokens,
 )
-
-# Single-stack layouts, tried in order on the model, then on its HF `base_model` (the bare model
-# under a task head, e.g. `electra` or `distilbert`, whose own layout is one of the suffixes).
-_LAYER_PATHS = (
-    "blocks",  # TransformerLens HookedTransformer / TransformerBridge (first: a bridge also
-    # forwards attribute lookups to the HF model it wraps), MPT base model
-    "gpt_neox.layers",  # GPTNeoX (Pythia)
-    "transformer.h",  # GPT-2, GPT-J, Falcon, Bloom
-    "model.layers",  # Llama, Mistral, Qwen, Gemma, Phi, OLMo, StableLM, Mixtral, ...
-    "model.language_model.layers",  # multimodal wrappers (transformers 5): Gemma3, Qwen2-VL, Llava
-    "language_model.model.layers",  # multimodal wrappers (transformers 4)
-    "language_model.layers",
-    "model.decoder.layers",  # OPT
-    "transformer.blocks",  # MPT
-    "bert.encoder.layer",  # BERT
-    "roberta.encoder.layer",  # RoBERTa, XLM-R
-    "encoder.layer",  # BERT-style base models
-    "encoder.block",  # T5EncoderModel
-    "decoder.layers",  # OPT base model
-    "transformer.layer",  # DistilBERT base model
-    "layers",  # GPTNeoX / Llama base models
-    "h",  # GPT-2 base model
-)
-
-
-def _as_module(model: Any) -> torch.nn.Module:
-    """The torch module behind `model`: itself, or the module an nnsight wrapper holds.
-
-    nnsight's `NNsight`/`LanguageModel`/`TransformersModel` (Envoys) keep the wrapped module in
-    `_module`; one built lazily (`dispatch=False`) is dispatched first, as its first trace would
-    do, so that hooks go on the modules that will run.
-    """
-    if isinstance(model, torch.nn.Module):
-        return model
-    inner = vars(model).get("_module") if hasattr(model, "__dict__") else None
-    if isinstance(inner, torch.nn.Module):
-        if getattr(model, "dispatched", True) is False and callable(
-            getattr(model, "dispatch", None)
-        ):
-            model.dispatch()
-            inner = vars(model)["_module"]
-        return inner
-    raise TypeError(
-        f"expects a torch.nn.Module or an nnsight wrapper of one, got {type(model).__name__}"
-    )
-
-
-def _get_path(obj: Any, path: str) -> Any:
-    for name in path.split("."):
-        obj = getattr(obj, name, None)
-        if obj is None:
-            return None
-    return obj
-
-
-def _module_list(obj: Any, path: str) -> list[torch.nn.Module] | None:
-    found = _get_path(obj, path)
-    if isinstance(found, torch.nn.ModuleList) and len(found) > 0:
-        return list(found)
-    return None
-
-
-def _module_lists(model: torch.nn.Module, limit: int = 12) -> list[str]:
-    """'path (length)' of the outermost ModuleLists of `model` (those not inside another)."""
-    found: list[str] = []
-    outer: list[str] = []
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.ModuleList) and name:
-            if any(name.startswith(prefix + ".") for prefix in outer):
-                continue
-            outer.append(name)
-            found.append(f"{name} ({len(module)})")
-    if len(found) > limit:
-        found = [*found[:limit], f"... {len(found) - limit} more"]
-    return found
-
-
-def layer_stacks(model: Any) -> list[tuple[str | None, list[torch.nn.Module]]]:
-    """The layer stacks of `model` in execution order: `(stack, layers)` pairs.
-
-    One `(None, layers)` pair for decoder-only and encoder-only models; `("encoder", ...)` then
-    `("decoder", ...)` for encoder-decoder models (T5, BART, ...). `model` may be an nnsight
-    wrapper (its module is used). Raises TypeError naming the model's ModuleLists when no
-    known layout matches.
-    """
-    module = _as_module(model)
-    roots = [module]
-    base = getattr(module, "base_model", None)  # Hugging Face: the bare model under a head
-    if isinstance(base, torch.nn.Module) and base is not module:
-        roots.append(base)
-    for root in roots:
-        for enc_path, dec_path in _ENCODER_DECODER_PATHS:
-            encoder, decoder = _module_list(root, enc_path), _module_list(root, dec_path)
-            if encoder is not None and decoder is not None:
-                return [("encoder", encoder), ("decoder", decoder)]
-        for path in _LAYER_PATHS:
-            layers = _module_list(root, path)
-            if layers is not None:
-                return [(None, layers)]
-    lists = _module_lists(module)
-    known = ", ".join(_LAYER_PATHS[:4])
-    searched = (
-        f"no ModuleList at a known layer path ({known}, ... {len(_LAYER_PATHS)} paths and "
-        f"{len(_ENCODER_DECODER_PATHS)} encoder/decoder pairs, see massact.probe._hooks)"
-    )
-    if lists:
-        first = lists[0].rsplit(" (", 1)[0]
-        has = f"Its ModuleLists: {', '.join(lists)}"
-        explicit = f"collect_layer_stats(model, layers=list(model.get_submodule({first!r})))"
-    else:
-        has, explicit = "It has no ModuleList", "collect_layer_stats(model, layers=[...])"
-    raise TypeError(
-        f"cannot find the decoder layers of {type(module).__name__}: {searched}. {has}. "
-        f"Pass the layer modules explicitly, e.g. {explicit}, or use "
-        "stats_of()/transformer_lens_hook()."
-    )
-
-
-def decoder_layers(model: Any) -> list[torch.nn.Module]:
-    """The transformer layers of a model, in execution order.
-
-    Decoder-only models: their decoder layers (GPTNeoX, GPT-2, Llama-style and ~20 more HF
-    families, OPT, MPT, TransformerLens `blocks`); encoder-only models (BERT, RoBERTa): the
-    encoder layers; encoder-decoder models (T5, BART): the encoder layers then the decoder
-    layers (`layer_stacks` tells them apart); multimodal wrappers (Gemma3, Qwen2-VL, Llava):
-    the language model's layers. Bare base models work too, and nnsight wrappers.
-    """
-    return [layer for _, layers in layer_stacks(model) for layer in layers]
-
-
-def layer_names(model: Any) -> list[str]:
-    """A label per layer of `decoder_layers(model)`: '0', '1', ... or 'encoder.0', 'decoder.0'.
-
-    The labels are accepted by `collect_layer_stats(model, layers=[...])`.
-    """
-    return [
-        str(i) if stack is None else f"{stack}.{i}"
-        for stack, layers in layer_stacks(model)
-        for i in range(len(layers))
-    ]
 
 
 def _hidden_of(output: Any) -> torch.Tensor:
@@ -292,68 +150,6 @@ class LayerStatsCollector:
         return list(range(len(self.passes[p])))  # a pass built by hand
 
 
-def _resolve_layers(model: Any, layers: Any) -> list[tuple[int, str | None, torch.nn.Module]]:
-    """(index within stack, stack, module) triples to hook, in execution order."""
-    if layers is None:
-        return [
-            (i, stack, layer)
-            for stack, stack_layers in layer_stacks(model)
-            for i, layer in enumerate(stack_layers)
-        ]
-    if isinstance(layers, (numbers.Integral, str)):
-        layers = [layers]
-    elif not isinstance(layers, (list, tuple)):
-        try:  # one module, an nnsight envoy of one, or a whole ModuleList (model.gpt_neox.layers)
-            module = _as_module(layers)
-        except TypeError:
-            module = None
-        if isinstance(module, torch.nn.ModuleList):
-            layers = list(module)
-        elif module is not None:
-            layers = [module]
-    known: list[tuple[int, str | None, torch.nn.Module]] | None = None
-
-    def all_layers() -> list[tuple[int, str | None, torch.nn.Module]]:
-        nonlocal known
-        if known is None:
-            known = _resolve_layers(model, None)
-        return known
-
-    picked: list[tuple[int, tuple[int, str | None, torch.nn.Module]]] = []  # (order, triple)
-    for j, item in enumerate(layers):
-        if isinstance(item, bool):
-            raise TypeError("layers must hold ints, names or modules, got bool")
-        if isinstance(item, numbers.Integral):
-            item = int(item)
-            n = len(all_layers())
-            if not -n <= item < n:
-                raise ValueError(f"layer index {item} out of range for a model with {n} layers")
-            picked.append((item % n, all_layers()[item]))
-        elif isinstance(item, str):
-            names = layer_names(model)
-            if item not in names:
-                raise ValueError(f"no layer named {item!r}; this model's layers are {names}")
-            position = names.index(item)
-            picked.append((position, all_layers()[position]))
-        else:
-            try:
-                module = _as_module(item)
-            except TypeError:
-                raise TypeError(
-                    f"layers must hold ints, names or modules, got {type(item).__name__}"
-                ) from None
-            try:
-                position = next(i for i, t in enumerate(all_layers()) if t[2] is module)
-                picked.append((position, all_layers()[position]))
-            except (TypeError, StopIteration):
-                picked.append((j, (j, None, module)))  # outside the known layout: by position
-    if not picked:
-        raise ValueError("layers is empty: pass None for all layers")
-    # execution order, so that a layer index lower than the last one marks a new pass
-    unique = {id(triple[2]): (order, triple) for order, triple in picked}
-    return [triple for _, triple in sorted(unique.values(), key=lambda pair: pair[0])]
-
-
 @contextmanager
 def collect_layer_stats(
     model: Any,
@@ -361,6 +157,8 @@ def collect_layer_stats(
     *,
     backend: str = "auto",
     layers: Sequence[int | str | torch.nn.Module] | None = None,
+    attention_mask: torch.Tensor | str | None = "auto",
+    skip_first: int = 0,
 ) -> Iterator[LayerStatsCollector]:
     """Hook every layer (see `decoder_layers`) or `layers`, collect `LayerStats` of each output.
 
@@ -371,35 +169,74 @@ def collect_layer_stats(
     model: a torch module (Hugging Face, TransformerLens HookedTransformer / TransformerBridge,
     ...) or an nnsight wrapper; run it as usual inside the block (`model.trace(...)` for
     nnsight). layers: indices into `decoder_layers(model)`, names from `layer_names(model)`
-    ('decoder.1'), or modules. Statistics are over all S*d values of each sequence, padding
-    included: feed equal-length unpadded sequences. Hidden states are detached, so probing
-    inside a training step neither builds a graph nor keeps activations alive. Hooks are
-    removed on exit, even on error.
+    ('decoder.1'), or modules. Hidden states are detached, so probing inside a training step
+    neither builds a graph nor keeps activations alive. Hooks are removed on exit, even on error.
+
+    Which tokens count (padded batches): attention_mask="auto" reads the 2D padding mask
+    `[batch, seq]` of each forward call (`attention_mask=`, keyword or positional, as in
+    `model(**tokenizer(texts, padding=True, return_tensors="pt"))`; encoder-decoder models: the
+    encoder's, and `decoder_attention_mask` for the decoder) and counts only the real tokens;
+    a call without one counts every token. A tensor: that mask for every pass (encoder-decoder
+    models: for the encoder; the decoder's still comes from the call). None: every token
+    counts, a mask in the call is ignored. A mask with more columns than a layer's sequence
+    (decoding with a KV cache) applies by its last columns; 4D attention masks are refused
+    (pass the 2D one). skip_first=n leaves out the first n real tokens of every sequence (the
+    BOS token holds the attention-sink activation), found along the mask, so left padding is
+    handled; without a mask, positions 0..n-1. A sequence with no token left gets NaN
+    statistics (and -1 positions); `top_token` stays the position in the padded batch.
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
-    module = _as_module(model)
-    triples = _resolve_layers(model, layers)
+    skip_first = check_skip_first(skip_first)
+    read_calls = isinstance(attention_mask, str)
+    if read_calls and attention_mask != "auto":
+        raise ValueError(
+            f"attention_mask must be 'auto', None or a [batch, seq] tensor, got {attention_mask!r}"
+        )
+    explicit = None if read_calls or attention_mask is None else padding_mask(attention_mask)
+    module = as_module(model)
+    triples = resolve_layers(model, layers)
     collector = LayerStatsCollector(
         k, [i for i, _, _ in triples], [stack for _, stack, _ in triples]
     )
+    masks = ForwardMasks(skip_first, explicit)
     handles = []
 
     def make_hook(position: int) -> Callable[..., None]:
+        stack = collector.stacks[position]
+
         def hook(_module: torch.nn.Module, args: Any, output: Any) -> None:
             h = _hidden_of(output).detach()
-            collector._add(position, layer_stats(h, k, backend=backend))
+            kept = masks.kept(stack)
+            if kept is not None:
+                mask = fit_to_hidden(kept, h, f"layer {collector.layer_names[position]}")
+            else:
+                mask = counted_tokens(h.shape[:-1], None, skip_first, h.device)
+            collector._add(position, layer_stats(h, k, mask=mask, backend=backend))
 
         return hook
 
     try:
         handles.append(module.register_forward_pre_hook(lambda m, args: collector._start_pass()))
+        if attention_mask is not None:
+            for entry in _entry_modules(module, collector.stacks):
+                handles.extend(masks.hook(entry))
         for position, (_, _, layer) in enumerate(triples):
             handles.append(layer.register_forward_hook(make_hook(position)))
         yield collector
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _entry_modules(module: torch.nn.Module, stacks: list[str | None]) -> list[torch.nn.Module]:
+    """The modules a forward call enters first: the model, its HF base model and, for
+    encoder-decoder models, the encoder (`generate` runs it on its own)."""
+    entries = [module, getattr(module, "base_model", None)]
+    if "encoder" in stacks and callable(getattr(module, "get_encoder", None)):
+        entries.append(module.get_encoder())
+    modules = [m for m in entries if isinstance(m, torch.nn.Module)]
+    return list({id(m): m for m in modules}.values())
 
 
 def _unwrap(value: Any) -> torch.Tensor:
@@ -412,7 +249,12 @@ def _unwrap(value: Any) -> torch.Tensor:
 
 
 def stats_of(
-    hidden_states: Sequence[torch.Tensor] | torch.Tensor, k: int = 3, backend: str = "auto"
+    hidden_states: Sequence[torch.Tensor] | torch.Tensor,
+    k: int = 3,
+    backend: str = "auto",
+    *,
+    mask: torch.Tensor | None = None,
+    skip_first: int = 0,
 ) -> list[LayerStats]:
     """`LayerStats` of plain tensors, e.g. states saved by nnsight or `output_hidden_states`.
 
@@ -420,7 +262,13 @@ def stats_of(
     gives one entry per element (a layer-output tuple counts by its first tensor). To split a
     stacked `[L, batch, S, d]` tensor per layer, pass `t.unbind(0)`. Note: for GPTNeoX the last
     entry of `output_hidden_states` is after the final layer norm, not the last layer's output.
+
+    mask: the real tokens (True or nonzero; e.g. the batch's `attention_mask` [batch, seq]),
+    broadcastable to each state's [..., S], applied to every state; skip_first=n leaves out
+    the first n real tokens of each sequence (positions 0..n-1 without a mask).
     """
+    skip_first = check_skip_first(skip_first)
+    real = None if mask is None else real_tokens(mask)
     if isinstance(hidden_states, torch.Tensor) or hasattr(hidden_states, "value"):
         items: list[Any] = [hidden_states]
     elif isinstance(hidden_states, Sequence) and not isinstance(hidden_states, str):
@@ -432,7 +280,12 @@ def stats_of(
         )
     if not items:
         raise ValueError("stats_of got an empty sequence of hidden states")
-    return [layer_stats(_unwrap(item).detach(), k, backend=backend) for item in items]
+    stats = []
+    for item in items:
+        h = _unwrap(item).detach()
+        counted = counted_tokens(h.shape[:-1], real, skip_first, h.device)
+        stats.append(layer_stats(h, k, mask=counted, backend=backend))
+    return stats
 
 
 def transformer_lens_hook(
@@ -441,6 +294,8 @@ def transformer_lens_hook(
     backend: str = "auto",
     *,
     name: str | None = None,
+    mask: torch.Tensor | None = None,
+    skip_first: int = 0,
 ) -> Callable[[torch.Tensor, Any], None]:
     """A TransformerLens-style hook function `(activation, hook)` that records `LayerStats`.
 
@@ -454,6 +309,12 @@ def transformer_lens_hook(
     >>> names = [f"blocks.{l}.hook_resid_post" for l in range(n_layers)]
     >>> hooks = [(n, transformer_lens_hook(sink, name=n)) for n in names]
     >>> bridge.run_with_hooks(ids, fwd_hooks=hooks)
+
+    mask: the real tokens of the batch the hook will see (True or nonzero, broadcastable to the
+    activation's [batch, S]; TransformerLens pads lists of strings, and
+    `transformer_lens.utils.get_attention_mask(model.tokenizer, tokens, prepend_bos)` gives
+    the mask); skip_first=n leaves out the first n real tokens of each sequence (positions
+    0..n-1 without a mask), e.g. the BOS token TransformerLens prepends.
 
     The activation is returned unchanged (the hook returns None), and transformer_lens is never
     imported. Pitfall (FACTS): TransformerLens 3's `HookedTransformer.from_pretrained` and TL 4's
@@ -471,9 +332,13 @@ def transformer_lens_hook(
         raise ValueError(f"k must be a positive int, got {k!r}")
     if name is not None and not isinstance(name, str):
         raise TypeError(f"name must be a str or None, got {type(name).__name__}")
+    skip_first = check_skip_first(skip_first)
+    real = None if mask is None else real_tokens(mask)
 
     def hook_fn(activation: torch.Tensor, hook: Any = None) -> None:
         label = name if name is not None else getattr(hook, "name", None)
-        emit(label, layer_stats(activation.detach(), k, backend=backend))
+        h = activation.detach()
+        counted = counted_tokens(h.shape[:-1], real, skip_first, h.device)
+        emit(label, layer_stats(h, k, mask=counted, backend=backend))
 
     return hook_fn

@@ -21,15 +21,21 @@ from transformers.trainer_callback import CallbackHandler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ._hooks import collect_layer_stats
+from ._tokens import check_skip_first, padding_mask
 
 
 class RatioMonitor:
     """Record per-layer statistics of a fixed probe batch every `every` steps.
 
     probe: input ids `[batch, seq]` (a LongTensor) or a mapping of model keyword arguments
-    (e.g. a tokenizer's BatchEncoding); moved to the model's device at each probe.
+    (e.g. a tokenizer's BatchEncoding); moved to the model's device at each probe. A padded
+    probe counts only its real tokens: the mapping's `attention_mask` ([batch, seq], 1 = real
+    token) is read from the forward call (see `collect_layer_stats`). skip_first=n leaves out
+    the first n real tokens of each sequence (the BOS token holds the attention sink).
     `history` is a DataFrame with one row per (step, layer, sample): step, layer, sample,
-    top1..topk, median, ratio. `ratios()` gives the mean ratio per step x layer.
+    top1..topk, median, ratio; `history.attrs["massact"]` (`token_selection`) says which tokens
+    counted (`skip_first`, `attention_mask`: whether the probe has one) and is saved with it.
+    `ratios()` gives the mean ratio per step x layer.
 
     >>> monitor = RatioMonitor(probe_ids, every=100)
     >>> for step in range(n_steps):
@@ -45,6 +51,7 @@ class RatioMonitor:
         k: int = 3,
         backend: str = "auto",
         layers: Sequence[int | str] | None = None,
+        skip_first: int = 0,
     ):
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive int (steps between probes), got {every!r}")
@@ -58,11 +65,14 @@ class RatioMonitor:
             raise TypeError(
                 f"probe must be a tensor of input ids or a mapping, got {type(probe).__name__}"
             )
+        else:
+            _check_probe_mask(probe)
         self.probe = probe
         self.every = every
         self.k = k
         self.backend = backend
         self.layers = layers
+        self.skip_first = check_skip_first(skip_first)
         self._frames: list[pd.DataFrame] = []
         self._steps: set[int] = set()
 
@@ -81,7 +91,13 @@ class RatioMonitor:
             model.eval()
             with (
                 torch.no_grad(),
-                collect_layer_stats(model, self.k, backend=self.backend, layers=self.layers) as col,
+                collect_layer_stats(
+                    model,
+                    self.k,
+                    backend=self.backend,
+                    layers=self.layers,
+                    skip_first=self.skip_first,
+                ) as col,
             ):
                 if isinstance(self.probe, torch.Tensor):
                     model(self.probe.to(device))
@@ -98,15 +114,24 @@ class RatioMonitor:
         return frame
 
     @property
+    def token_selection(self) -> dict[str, Any]:
+        """Which tokens the statistics count: {"skip_first": n, "attention_mask": bool}."""
+        masked = isinstance(self.probe, Mapping) and self.probe.get("attention_mask") is not None
+        return {"skip_first": self.skip_first, "attention_mask": masked}
+
+    @property
     def history(self) -> pd.DataFrame:
         """All recorded rows: step, layer, sample, top1..topk, median, ratio (encoder-decoder
-        models: step, stack, layer, ...)."""
+        models: step, stack, layer, ...); `.attrs["massact"]` is `token_selection`."""
         if not self._frames:
             tops = [f"top{i + 1}" for i in range(self.k)]
             cols = {c: pd.Series(dtype="int64") for c in ("step", "layer", "sample")}
             cols |= {c: pd.Series(dtype="float64") for c in (*tops, "median", "ratio")}
-            return pd.DataFrame(cols)
-        return pd.concat(self._frames, ignore_index=True)
+            history = pd.DataFrame(cols)
+        else:
+            history = pd.concat(self._frames, ignore_index=True)
+        history.attrs = {"massact": self.token_selection}
+        return history
 
     def ratios(self) -> pd.DataFrame:
         """Mean top1/median over the probe samples: index step, one column per layer (Eq. 8);
@@ -116,17 +141,30 @@ class RatioMonitor:
         return history.pivot_table(index="step", columns=columns, values="ratio", aggfunc="mean")
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the history to a Parquet file (exact float64 values), atomically."""
+        """Write the history to a Parquet file (exact float64 values, `token_selection` in its
+        metadata), atomically."""
         tmp = f"{os.fspath(path)}.tmp"
         self.history.to_parquet(tmp, index=False)
         os.replace(tmp, path)
 
     def load(self, path: str | os.PathLike, *, up_to: int | None = None) -> None:
-        """Replace the history with one written by `save` (its rows with step <= up_to)."""
+        """Replace the history with one written by `save` (its rows with step <= up_to).
+
+        A history that counted other tokens (another `skip_first`, a probe with or without an
+        attention mask) is refused: its ratios would not continue this monitor's.
+        """
         frame = pd.read_parquet(path)
         expected = {"step", "layer", "sample", "median", "ratio"}
         if not expected <= set(frame.columns):
             raise ValueError(f"{path} is not a RatioMonitor history: columns {list(frame.columns)}")
+        saved = frame.attrs.get("massact")  # None for histories saved before it was recorded
+        if saved is not None and saved != self.token_selection:
+            raise ValueError(
+                f"{path} counted other tokens ({saved}) than this monitor "
+                f"({self.token_selection}): use the same probe batch and skip_first, or a new "
+                "history file"
+            )
+        frame.attrs = {}
         if up_to is not None:
             frame = frame[frame["step"] <= up_to].reset_index(drop=True)
         self._frames = [frame] if len(frame) else []
@@ -139,6 +177,9 @@ class RatioMonitorCallback(TrainerCallback):
     >>> cb = RatioMonitorCallback(probe_ids, every=200, log=True)
     >>> Trainer(model, args, train_dataset=ds, callbacks=[cb]).train()
     >>> cb.history            # step, layer, sample, top1..top3, median, ratio
+
+    probe, every, k, backend, layers, skip_first: as for `RatioMonitor` (a padded probe
+    counts only its real tokens).
 
     With `log=True` the mean ratio of each layer is logged at each probe as
     `massact/ratio_layer<l>` (`massact/ratio_<stack>_layer<l>` for encoder-decoder models)
@@ -163,9 +204,12 @@ class RatioMonitorCallback(TrainerCallback):
         k: int = 3,
         backend: str = "auto",
         layers: Sequence[int | str] | None = None,
+        skip_first: int = 0,
         log: bool = False,
     ):
-        self.monitor = RatioMonitor(probe, every, k=k, backend=backend, layers=layers)
+        self.monitor = RatioMonitor(
+            probe, every, k=k, backend=backend, layers=layers, skip_first=skip_first
+        )
         self.log = log
         self._handler: Any = None
         self._warned_no_handler = False
@@ -309,3 +353,17 @@ def _device_of(model: torch.nn.Module) -> torch.device:
 
 def _to(value: Any, device: torch.device) -> Any:
     return value.to(device) if isinstance(value, torch.Tensor) else value
+
+
+def _check_probe_mask(probe: Mapping[str, Any]) -> None:
+    """A probe's attention mask is a 2D [batch, seq] padding mask shaped like its input ids."""
+    mask = probe.get("attention_mask")
+    if mask is None:
+        return
+    mask = padding_mask(mask, "the probe's attention_mask")
+    ids = probe.get("input_ids")
+    if isinstance(ids, torch.Tensor) and tuple(ids.shape) != tuple(mask.shape):
+        raise ValueError(
+            f"the probe's attention_mask {list(mask.shape)} and input_ids {list(ids.shape)} "
+            "differ in shape: give one mask entry per token"
+        )
