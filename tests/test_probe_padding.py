@@ -15,8 +15,8 @@ round differently), so
    which values count, the tie order and the ORIGINAL positions.
 2. close: against the unpadded run, top values and median agree to rtol 1e-5 (measured here:
    at most 5.1e-7, about 4 float32 ulps; 1e-5 leaves room for another BLAS, while a counted
-   pad token moves a median by percents), and the top-k positions (token
-   shifted by the padding, channel) are equal.
+   pad token moves a median by percents), and the top-k positions (token shifted by the
+   padding, channel) are equal.
 
 Left padding needs the positions Hugging Face's `generate` passes (`cumsum(mask) - 1`): the
 three models number positions 0..S-1 otherwise, and their real tokens would be other tokens.

@@ -19,11 +19,11 @@ import pytest
 import torch
 import transformers
 from _cases import assert_stats_equal
-from _models import tiny_neox
+from _models import layer_outputs, tiny_neox
 from _tiny_tools import tiny_tokenizer
 from transformer_lens import TransformerBridge
 
-from massact import stats_of
+from massact import reference_layer_stats, stats_of
 
 SNIPPETS = Path(__file__).resolve().parents[1] / "README.md"
 VOCAB, D, L = 64, 32, 6
@@ -97,7 +97,7 @@ def run(name: str) -> dict:
 
 
 def test_the_section_has_its_snippets():
-    assert list(snippets()) == ["hf", "t5", "tl4", "nnsight", "trainer"]
+    assert list(snippets()) == ["hf", "t5", "padded", "tl4", "nnsight", "trainer"]
 
 
 def test_hf_snippet(offline_hub):
@@ -115,6 +115,23 @@ def test_t5_snippet(offline_hub):
     assert ns["layer_names"](ns["t5"]) == ["encoder.0", "encoder.1", "decoder.0", "decoder.1"]
     assert ns["one"].layer_names == ["decoder.1"]
     assert_stats_equal(ns["one"].passes[0][0], ns["col"].passes[0][3])
+
+
+def test_padded_snippet(offline_hub):
+    """Left-padded: each sequence's statistics are those of its real tokens after the first,
+    from the same pass's layer outputs (plain hooks) with the pads and first token cut out."""
+    ns = run("padded")
+    mask = ns["batch"]["attention_mask"]
+    assert mask[:, 0].tolist() == [1, 0]  # the short sequence is padded, on the left
+    kept = mask.bool() & (mask.cumsum(-1) > 1)
+    hidden = layer_outputs(ns["model"], **ns["batch"], position_ids=ns["positions"])
+    for got, h in zip(ns["col"].passes[0], hidden, strict=True):
+        for b in range(2):
+            where = kept[b].nonzero().flatten()
+            want = reference_layer_stats(h[b][where], 3)
+            assert torch.equal(got.top[b], want.top) and torch.equal(got.median[b], want.median)
+            assert torch.equal(got.top_token[b], where[want.top_token])
+    assert len(ns["col"].table()) == 2 * L
 
 
 def test_tl4_snippet(offline_hub):
