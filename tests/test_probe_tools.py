@@ -165,6 +165,24 @@ def test_nnsight_language_model(wrapper):
         assert_stats_equal(got, layer_stats(h, 3))
 
 
+@pytest.mark.parametrize("wrapper", [LanguageModel, TransformersModel])
+def test_nnsight_padded_prompts_count_their_real_tokens(wrapper):
+    """A trace over prompts of different lengths pads them (on the left: the wrapper's
+    tokenizer setting); the attention mask nnsight passes to the model is read, and the
+    statistics are those of the saved outputs under that mask, first token left out."""
+    model = tiny_neox(vocab_size=VOCAB, hidden_size=D, num_hidden_layers=L)
+    lm = wrapper(model, tokenizer=tiny_tokenizer(VOCAB))
+    prompts = ["t5 t9 t3 t7 t2", "t4 t8"]
+    mask = lm.tokenizer(prompts, padding=True, return_tensors="pt").attention_mask
+    assert mask.tolist() == [[1, 1, 1, 1, 1], [0, 0, 0, 1, 1]]
+    with collect_layer_stats(lm, skip_first=1) as col:
+        with torch.no_grad(), lm.trace(prompts):
+            saved = nnsight.save([layer.output for layer in lm.gpt_neox.layers])
+    for got, want in zip(col.passes[0], stats_of(saved, mask=mask, skip_first=1), strict=True):
+        assert_stats_equal(got, want)
+    assert col.passes[0][0].top_token[1].tolist() == [4, 4, 4]  # one token left: [4, :]
+
+
 def test_lazy_wrapper_is_dispatched_before_hooking(monkeypatch):
     """`TransformersModel(repo_id)` builds the model on the meta device and loads the weights at
     the first trace (`dispatch`), replacing the module; the hooks must go on the module that will
