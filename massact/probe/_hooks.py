@@ -203,13 +203,13 @@ def collect_layer_stats(
     handles = []
 
     def make_hook(position: int) -> Callable[..., None]:
-        stack = collector.stacks[position]
+        stack, where = collector.stacks[position], f"layer {collector.layer_names[position]}"
 
         def hook(_module: torch.nn.Module, args: Any, output: Any) -> None:
             h = _hidden_of(output).detach()
             kept = masks.kept(stack)
             if kept is not None:
-                mask = fit_to_hidden(kept, h, f"layer {collector.layer_names[position]}")
+                mask = fit_to_hidden(kept, h, where)
             else:
                 mask = counted_tokens(h.shape[:-1], None, skip_first, h.device)
             collector._add(position, layer_stats(h, k, mask=mask, backend=backend))
