@@ -18,9 +18,11 @@ from massact import layer_stats, layer_stats_many, reference_layer_stats
 from massact.stats._torch_path import _CPU_MIN_N
 
 SMALL = (4, 9, 11)  # batched torch path (n = 99)
-LARGE = (4, 64, 72)  # numpy CPU path (n = 4608)
-assert SMALL[-2] * SMALL[-1] < _CPU_MIN_N <= LARGE[-2] * LARGE[-1]
-SHAPE_IDS = ["small", "large"]
+LARGE = (4, 64, 72)  # numpy CPU path (n = 4608: top-k bound over groups of 16 values)
+LARGE_ODD = (4, 65, 73)  # numpy CPU path, odd n = 4745: groups of one value
+assert SMALL[-2] * SMALL[-1] < _CPU_MIN_N <= min(LARGE[-2] * LARGE[-1], 65 * 73)
+SHAPES = [SMALL, LARGE, LARGE_ODD]
+SHAPE_IDS = ["small", "large", "large-odd"]
 
 
 def random_mask(lead, seed: int = 0, p: float = 0.7) -> torch.Tensor:
@@ -94,7 +96,7 @@ def test_all_true_mask_is_no_mask():
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("shape", [SMALL, LARGE], ids=SHAPE_IDS)
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 def test_torch_path_random_masks(shape, dtype):
     h = torch.randn(shape).to(dtype)
     mask = random_mask(shape[:-1])
@@ -105,7 +107,7 @@ def test_torch_path_random_masks(shape, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("case", SPECIAL)
-@pytest.mark.parametrize("shape", [SMALL, LARGE], ids=SHAPE_IDS)
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 def test_torch_path_special_values_masked(shape, case, dtype):
     h = special(case, dtype, shape)
     for v in strided_views(h).values():
@@ -115,7 +117,7 @@ def test_torch_path_special_values_masked(shape, case, dtype):
         assert_stats_equal(layer_stats(v, 5, mask=m, backend="torch"), want)
 
 
-@pytest.mark.parametrize("shape", [SMALL, LARGE], ids=SHAPE_IDS)
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 def test_fewer_real_values_than_k(shape):
     h = torch.randn(shape)
     mask = torch.zeros(shape[:-1], dtype=torch.bool)
@@ -130,7 +132,7 @@ def test_fewer_real_values_than_k(shape):
     assert st.top[2:].isnan().all() and st.median[2:].isnan().all()
 
 
-@pytest.mark.parametrize("shape", [SMALL, LARGE], ids=SHAPE_IDS)
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 def test_nan_in_masked_tokens_does_not_count(shape):
     h = torch.randn(shape)
     mask = torch.ones(shape[:-1], dtype=torch.bool)
@@ -145,7 +147,31 @@ def test_nan_in_masked_tokens_does_not_count(shape):
     assert_stats_equal(st, reference_layer_stats(h, 3, mask=mask))
 
 
-@pytest.mark.parametrize("shape", [SMALL, LARGE], ids=SHAPE_IDS)
+NAN_PAYLOADS = {  # quiet, signalling and all-ones NaN patterns: torch ranks them all equal
+    torch.float32: [0x7F800001, 0x7FC00000, 0x7FFFFFFF, 0x7FA00000],
+    torch.float16: [0x7C01, 0x7E00, 0x7FFF, 0x7D00],
+    torch.bfloat16: [0x7F81, 0x7FC0, 0x7FFF, 0x7FA0],
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+def test_nan_payloads_tie_in_index_order(shape, dtype):
+    h = torch.randn(shape).to(dtype)
+    view = torch.int32 if dtype == torch.float32 else torch.int16
+    payloads = torch.tensor(NAN_PAYLOADS[dtype]).to(view)
+    line = h.view(view).view(-1)
+    line[5 : 5 + 4 * 7 : 7] = payloads.flip(0)  # larger payloads at larger flat indices...
+    line[3] = payloads[0]  # ...and the smallest payload first
+    mask = random_mask(shape[:-1], seed=3, p=0.9)
+    mask.reshape(-1, shape[-2])[0, :] = True  # the NaNs' slice is real
+    for m in (None, mask):
+        st = layer_stats(h, 4, mask=m, backend="torch")
+        assert_stats_equal(st, reference_layer_stats(h, 4, mask=m))
+    assert st.top[0].isnan().all() and st.median[0].isnan()
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 def test_padded_batch_equals_unpadded_sequences(shape):
     """Left and right padding with large pad values: the stats of the real tokens alone."""
     B, S, d = shape
@@ -165,7 +191,7 @@ def test_padded_batch_equals_unpadded_sequences(shape):
         assert torch.equal(st.top_token[b], tokens[one.top_token])
 
 
-@pytest.mark.parametrize("shape", [SMALL, LARGE], ids=SHAPE_IDS)
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 def test_broadcast_and_integer_masks(shape):
     h = torch.randn(2, *shape).to(torch.bfloat16)  # [2, B, S, d]
     real = torch.rand(shape[-2]) < 0.6  # [S]: the same tokens of every slice

@@ -29,6 +29,7 @@ from ._patterns import MASKED, median_rank, stats_from_patterns
 from ._result import BIT_PATTERNS, LayerStats
 
 _NUMPY_INT = {torch.int32: np.int32, torch.int16: np.int16}
+_GROUP = 16  # values per group of the top-k bound (fewer where n is not a multiple)
 _KEEP_BYTES = 64 * 2**20  # scratch kept per thread between calls; larger ones are freed
 
 _local = threading.local()  # .scratch: this thread's uint8 buffer
@@ -63,16 +64,23 @@ def _scratch(n: int, dtype: np.dtype) -> np.ndarray:
     return buf[:nbytes].view(dtype)
 
 
-def _top_k(bits: np.ndarray, tmax: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k (patterns, flat indices) of the real values of bits [S, d] (masked rows -1), in
-    order: larger pattern first, then smaller flat index. Fewer than k when fewer are real."""
-    S, d = bits.shape
-    kk = min(k, S)
-    bound = max(int(np.partition(tmax, S - kk)[S - kk]), 0)  # real values are >= 0
-    rows = np.flatnonzero(tmax >= bound)
-    vals = bits[rows].reshape(-1)
-    flat = (rows[:, None] * d + np.arange(d)).reshape(-1)
-    m = min(k, vals.size)  # >= 1: a real row's maximum is >= 0 and reaches the bound
+def _top_k(line: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k (patterns, flat indices) of the real values of one slice's patterns line [n]
+    (masked values -1), larger pattern first, then smaller flat index; fewer if fewer are real.
+
+    The bound: split the slice into groups, g values each; k groups hold a value at least as
+    large as the k-th largest group maximum, so only groups reaching it can hold a top-k value.
+    Group j = values j, j + n / g, ...: one vectorised maximum over a [g, n / g] view.
+    """
+    n = line.size
+    g = math.gcd(n, _GROUP)
+    gmax = line.reshape(g, n // g).max(axis=0)  # [n / g]
+    kk = min(k, gmax.size)
+    bound = max(int(np.partition(gmax, gmax.size - kk)[gmax.size - kk]), 0)  # real: >= 0
+    cols = np.flatnonzero(gmax >= bound)
+    flat = (np.arange(g)[:, None] * (n // g) + cols).reshape(-1)  # ascending
+    vals = line[flat]
+    m = min(k, vals.size)  # >= 1: a real value is >= 0, so its group reaches the bound
     kth = np.partition(vals, vals.size - m)[vals.size - m]  # the m-th largest pattern
     above = np.flatnonzero(vals > kth)
     equal = np.flatnonzero(vals == kth)[: m - above.size]  # flat order: ties by index
@@ -87,24 +95,22 @@ def _slice_stats(
     """(top patterns [<= k], their flat indices, median pattern or -1) of one slice x [S, d],
     an integer view of h. real: [S] bool, None = every token."""
     S, d = x.shape
+    n = S * d
     _, sign_off, inf = BIT_PATTERNS[dtype]
-    bits = _scratch(S * d, x.dtype).reshape(S, d)
+    bits = _scratch(n, x.dtype).reshape(S, d)
     np.bitwise_and(x, sign_off, out=bits)
-    tmax = bits.max(axis=1)
-    if tmax.max() > inf:  # NaNs: one canonical pattern, so they tie like torch's
-        np.minimum(bits, inf + 1, out=bits)
-        np.minimum(tmax, inf + 1, out=tmax)
-    n_real = S * d
+    n_real = n
     if real is not None:
         n_real = int(np.count_nonzero(real)) * d
         if n_real == 0:
             return np.empty(0, np.int64), np.empty(0, np.int64), MASKED
-        if n_real < S * d:
-            bits[~real] = MASKED
-            tmax[~real] = MASKED
-    top, flat = _top_k(bits, tmax, k)
-    rank = median_rank(S * d, n_real)
+        bits[~real] = MASKED
     line = bits.reshape(-1)
+    top, flat = _top_k(line, k)
+    if top[0] > inf:  # NaNs: one canonical pattern, so they tie like torch's
+        np.minimum(line, inf + 1, out=line)
+        top, flat = _top_k(line, k)
+    rank = median_rank(n, n_real)
     line.partition(rank)  # in place: the scratch buffer, after the top-k has read it
     return top, flat, int(line[rank])
 
