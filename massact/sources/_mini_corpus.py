@@ -61,11 +61,11 @@ def _stdlib_text(max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-REPEAT_CHUNK = (8, 32)  # bytes per chunk of the "repeat" text form, inclusive
+REPEAT_CHUNK = (4, 16)  # bytes per chunk of the "repeat" text form, inclusive
 
 
 def text_form(data: bytes, form: str) -> bytes:
-    """The corpus as a model trains on it: "plain" as is, or "repeat": cut into chunks of 8-32
+    """The corpus as a model trains on it: "plain" as is, or "repeat": cut into chunks of 4-16
     bytes (lengths from a fixed-seed generator, so the same on every machine), each written twice
     in a row. During a chunk's first instance copying heads have nothing to copy and rest on the
     BOS token: the attention sinks that grow massive activations in models this small."""
