@@ -262,8 +262,10 @@ def test_triton_backend_masked(shape, dtype):
     for k in (1, 4):
         want = reference_layer_stats(h, k, mask=mask)
         assert_stats_equal(layer_stats(h, k, mask=mask, backend="triton"), want)
-    out = layer_stats_many([h, h.transpose(-1, -2)[..., :9, :]], 3, mask=mask, backend="triton")
-    assert_stats_equal(out[0], reference_layer_stats(h, 3, mask=mask))
+    # same [B, S]: another d, and the same values with batch-major strides (one launch each)
+    hs = [h, torch.randn(*shape[:-1], 5).to(dtype), h.transpose(0, 1).contiguous().transpose(0, 1)]
+    for got, x in zip(layer_stats_many(hs, 3, mask=mask, backend="triton"), hs):
+        assert_stats_equal(got, reference_layer_stats(x, 3, mask=mask))
 
 
 @pytest.mark.parametrize(

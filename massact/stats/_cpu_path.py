@@ -29,7 +29,8 @@ from ._patterns import MASKED, median_rank, stats_from_patterns
 from ._result import BIT_PATTERNS, LayerStats
 
 _NUMPY_INT = {torch.int32: np.int32, torch.int16: np.int16}
-_GROUP = 16  # values per group of the top-k bound (fewer where n is not a multiple)
+_GROUP = 256  # values per group of the top-k bound (fewer where n is not a multiple)
+_SORT_MAX = 4096  # top-k candidates sorted outright up to this many
 _KEEP_BYTES = 64 * 2**20  # scratch kept per thread between calls; larger ones are freed
 
 _local = threading.local()  # .scratch: this thread's uint8 buffer
@@ -80,13 +81,15 @@ def _top_k(line: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     cols = np.flatnonzero(gmax >= bound)
     flat = (np.arange(g)[:, None] * (n // g) + cols).reshape(-1)  # ascending
     vals = line[flat]
-    m = min(k, vals.size)  # >= 1: a real value is >= 0, so its group reaches the bound
-    kth = np.partition(vals, vals.size - m)[vals.size - m]  # the m-th largest pattern
-    above = np.flatnonzero(vals > kth)
-    equal = np.flatnonzero(vals == kth)[: m - above.size]  # flat order: ties by index
-    pick = np.concatenate([above, equal])
-    order = np.lexsort((flat[pick], -vals[pick].astype(np.int64)))
-    return vals[pick][order].astype(np.int64), flat[pick][order]
+    if vals.size > _SORT_MAX:  # many ties at the top (an all-equal slice): select, then sort
+        m = min(k, vals.size)
+        kth = np.partition(vals, vals.size - m)[vals.size - m]  # the m-th largest pattern
+        above = np.flatnonzero(vals > kth)
+        equal = np.flatnonzero(vals == kth)[: m - above.size]  # flat order: ties by index
+        pick = np.concatenate([above, equal])
+        vals, flat = vals[pick], flat[pick]
+    order = np.lexsort((flat, -vals.astype(np.int64)))[:k]  # by |h| descending, then index
+    return vals[order].astype(np.int64), flat[order]
 
 
 def _slice_stats(
