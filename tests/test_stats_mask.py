@@ -205,6 +205,18 @@ def test_broadcast_and_integer_masks(shape):
     assert_stats_equal(st, reference_layer_stats(h, 3, mask=per_slice))
 
 
+@pytest.mark.parametrize("masked", [False, True], ids=["no-mask", "mask"])
+def test_cpu_path_leading_dims(masked):
+    """No leading dim, and two leading dims that cannot merge (a permuted view): the CPU path
+    reads each slice in place."""
+    base = torch.randn(3, 64, 2, 72)  # [B1, S, B2, d]
+    for h in (base[0, :, 0], base.permute(2, 0, 1, 3)):  # [S, d]; [B2, B1, S, d]
+        m = random_mask(h.shape[:-1], seed=5) if masked else None
+        assert_stats_equal(
+            layer_stats(h, 3, mask=m, backend="torch"), reference_layer_stats(h, 3, mask=m)
+        )
+
+
 def test_results_never_alias_the_scratch_buffers():
     """The CPU path reuses per-thread buffers: an earlier result must not change later."""
     h1, h2 = torch.randn(LARGE), torch.randn(LARGE) * 5

@@ -3,16 +3,17 @@
 Bit-identical to the oracle `_reference` (same patterns as `_patterns`). Per slice [S, d]:
 
 1. one pass writes the patterns of |h| (int32 for fp32, int16 for fp16 / bf16) into a scratch
-   buffer of the worker thread, reused from call to call (never part of a result);
-2. per-token maxima; NaN patterns clamped to one; masked tokens' rows set to -1;
-3. top-k: only tokens whose maximum reaches the k-th largest token maximum can hold a top-k
-   value (see `_torch_path`); among their values, the k-th largest pattern v, every value
-   above v and the first (smallest flat index) values equal to v;
-4. median: numpy's in-place selection (introselect, SIMD on x86) of the scratch buffer at the
+   buffer of the worker thread, reused from call to call (never part of a result); masked
+   tokens' rows then get -1;
+2. top-k: the maxima of groups of values bound it (see `_top_k`), so only a few groups' values
+   are sorted; NaN patterns are clamped to one (and the top-k redone) only when the top holds
+   a NaN;
+3. median: numpy's in-place selection (introselect, SIMD on x86) of the scratch buffer at the
    lower median's rank, shifted by the masked values below it.
 
-Slices are spread over up to torch.get_num_threads() threads (numpy releases the GIL). Memory
-traffic per slice: one read of h, one write and about three reads of the scratch buffer.
+Slices are spread over up to torch.get_num_threads() threads, the calling one included (numpy
+releases the GIL). Memory traffic per slice: one read of h, one write and about three reads of
+the scratch buffer; no int64 keys, no full-size allocation.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import torch
 from ._patterns import MASKED, median_rank, stats_from_patterns
 from ._result import BIT_PATTERNS, LayerStats
 
-_NUMPY_INT = {torch.int32: np.int32, torch.int16: np.int16}
 _GROUP = 256  # values per group of the top-k bound (fewer where n is not a multiple)
 _SORT_MAX = 4096  # top-k candidates sorted outright up to this many
 _KEEP_BYTES = 64 * 2**20  # scratch kept per thread between calls; larger ones are freed
