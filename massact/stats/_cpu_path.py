@@ -131,16 +131,24 @@ def cpu_layer_stats(h: torch.Tensor, k: int, mask: torch.Tensor | None = None) -
     flat = np.full((B, k), MASKED, dtype=np.int64)
     median = np.empty(B, dtype=np.int64)
 
-    def run(slices: range) -> None:
-        for b in slices:
+    # each thread takes the next slice when done with one: a thread that the OS holds back
+    # (a busy shared machine) leaves its share to the others
+    next_slice = iter(range(B))
+    lock = threading.Lock()
+
+    def run() -> None:
+        while True:
+            with lock:
+                b = next(next_slice, None)
+            if b is None:
+                return
             x_b = x[np.unravel_index(b, lead)]
             top, idx, med = _slice_stats(x_b, None if real is None else real[b], k, h.dtype)
             top_bits[b, : top.size], flat[b, : idx.size], median[b] = top, idx, med
 
     workers = max(1, min(torch.get_num_threads(), B))
-    chunks = [range(i, B, workers) for i in range(workers)]
-    pending = [_executor().submit(run, c) for c in chunks[1:]]
-    run(chunks[0])  # this thread takes a share too
+    pending = [_executor().submit(run) for _ in range(workers - 1)]
+    run()  # this thread works too
     for done in pending:
         done.result()
     patterns = (torch.from_numpy(a) for a in (top_bits, flat, median))
