@@ -1,11 +1,12 @@
-"""Public layer statistics: `layer_stats(h, k, backend=...)` -> `LayerStats`.
+"""Public layer statistics: `layer_stats(h, k, mask=..., backend=...)` -> `LayerStats`.
 
-Three backends compute the same numbers (the definition, tie rule and NaN semantics are in
-massact/stats/_reference.py, the oracle):
+Three backends compute the same numbers (the definition, tie rule, NaN and mask semantics are
+in massact/stats/_reference.py, the oracle); the mask is checked here, once (validate_mask):
 
 - "triton": fused kernels (kernels/layer_stats.py) that read h once, strided, on CUDA (or on
   CPU tensors under TRITON_INTERPRET=1, slowly: that is how the tests run them).
-- "torch": the fast torch path (massact/stats/_torch_path.py), any device.
+- "torch": the fast torch path (massact/stats/_torch_path.py), any device; on the CPU, large
+  slices go through massact/stats/_cpu_path.py (numpy selection, slices in parallel).
 - "reference": the pure-torch oracle (a full sort), any device.
 - "auto": triton for CUDA tensors when Triton works and the kernels take the slice size and k
   (`kernels.layer_stats.supported`), otherwise the torch path, quietly. "triton" asked for by
