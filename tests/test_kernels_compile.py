@@ -3,11 +3,13 @@
 The other kernel tests run under the Triton interpreter, which accepts code the real compiler
 rejects. Here every launch the launcher makes for the benchmark shapes is captured (the kernels
 are not run) and compiled to TTIR, TTGIR, LLVM IR, PTX and a cubin (bundled ptxas) with exactly
-the launcher's specialisation: argument types, constexprs, divisibility attributes, num_warps.
-The compile runs in a subprocess without TRITON_INTERPRET (conftest sets it before imports).
+the launcher's specialisation: argument types, constexprs, divisibility attributes, num_warps,
+maxnreg. The compile runs in a subprocess without TRITON_INTERPRET (conftest sets it before
+imports). The cubin's resource usage gives each kernel's registers and spills (local memory and
+stack): the pass kernel must fit in 64 registers with no spill.
 
 Run this file directly to see the resource figures:
-    python tests/test_kernels_compile.py '[["bfloat16", [8, 2048, 4096], 3, false]]'
+    python tests/test_kernels_compile.py '[["bfloat16", [8, 2048, 4096], 3, "contiguous"]]'
 """
 
 from __future__ import annotations
@@ -23,15 +25,37 @@ import pytest
 import torch
 from _cases import HAS_CUDA, INTERPRET, assert_stats_equal
 
-# (dtype, shape, k, transposed): the two benchmark shapes in every dtype, and small odd shapes
-# (no divisibility by 16, unaligned slices, a transposed view: other plans and specialisations)
+# (dtype, shape, k, layout): the benchmark shapes in every dtype, and small odd shapes (no
+# divisibility by 16, unaligned slices, a transposed view, a token mask, leading dims that need
+# the slice table: other plans and specialisations)
 CASES = [
-    (dtype, shape, 3, False)
+    (dtype, shape, 3, "contiguous")
     for dtype in ("float32", "float16", "bfloat16")
-    for shape in ([8, 2048, 4096], [10, 2048, 5120], [2, 37, 50])
-] + [("bfloat16", [3, 64, 40], 3, True), ("float16", [2, 37, 50], 1, False)]
+    for shape in ([8, 2048, 4096], [10, 2048, 5120], [1, 2048, 512], [2, 37, 50])
+] + [
+    ("bfloat16", [3, 64, 40], 3, "transposed"),
+    ("float16", [2, 37, 50], 1, "contiguous"),
+    ("bfloat16", [8, 2048, 4096], 3, "masked"),
+    ("float32", [8, 2048, 4096], 3, "masked"),
+    ("float32", [4, 3, 64, 48], 8, "table"),
+]
 SM_COUNT = 132  # H100 SXM: the launch configuration (programs, tile, warps) depends on it
+MAX_PASS_REGISTERS = 64  # 4 blocks of 8 warps per SM
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tensor(dtype: str, shape: list[int], layout: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(h, mask) of the case: CPU memory only reserved (never touched), with the alignment
+    (data_ptr, strides) the GPU tensor would have."""
+    dt = getattr(torch, dtype)
+    if layout == "transposed":
+        return torch.empty(shape[:-2] + shape[-2:][::-1], dtype=dt).transpose(-1, -2), None
+    if layout == "table":  # [3, 4, S, d] viewed as [4, 3, S, d]: no single leading stride
+        return torch.empty([shape[1], shape[0], *shape[2:]], dtype=dt).transpose(0, 1), None
+    if shape[-1] % 16:  # a view with an unaligned start: the launcher's ALIGN=1 path
+        return torch.empty(torch.Size(shape).numel() + 1, dtype=dt)[1:].view(shape), None
+    mask = torch.ones(shape[:-1], dtype=torch.bool) if layout == "masked" else None
+    return torch.empty(shape, dtype=dt), mask
 
 
 def _compile_cases(cases: list) -> list[dict]:
@@ -54,15 +78,11 @@ def _compile_cases(cases: list) -> list[dict]:
     backend = make_backend(target)
     cuobjdump = Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"
     seen, out = set(), []
-    for dtype, shape, k, transposed in cases:
-        # CPU memory is only reserved (never touched); data_ptr alignment is what the GPU has
-        h = torch.empty(shape, dtype=getattr(torch, dtype))
-        if transposed:
-            h = torch.empty(shape[:-2] + shape[-2:][::-1], dtype=h.dtype).transpose(-1, -2)
-        elif shape[-1] % 16:  # a view with an unaligned start: the launcher's ALIGN=1 path
-            h = torch.empty(h.numel() + 1, dtype=h.dtype)[1:].view(shape)
+    for dtype, shape, k, layout in cases:
+        h, mask = _tensor(dtype, shape, layout)
         launches.clear()
-        ls.triton_layer_stats(h, k)
+        trace = ls.LaunchTrace()
+        ls.triton_layer_stats(h, k, mask, trace=trace)
         for kernel, grid, args, kwargs in launches:
             kwargs = dict(kwargs, debug=False)
             kwargs["instrumentation_mode"] = knobs.compilation.instrumentation_mode
@@ -79,10 +99,13 @@ def _compile_cases(cases: list) -> list[dict]:
                 continue
             seen.add(key)
             row = dict(
-                case=[dtype, shape, k, transposed],
+                case=[dtype, shape, k, layout],
                 kernel=kernel.__name__,
                 grid=list(grid),
                 constexprs={n: v for n, v in consts.items() if not isinstance(v, str)},
+                # kernel launches of the call (the scratch fill is one more, not a Triton one)
+                launches=len(launches),
+                plan_launches=trace.plan.launches,
             )
             t0 = time.perf_counter()
             try:
@@ -98,10 +121,32 @@ def _compile_cases(cases: list) -> list[dict]:
             ptx = compiled.asm["ptx"]
             row["vector_loads"] = ptx.count("ld.global.v")
             row["narrow_loads"] = ptx.count("ld.global.b16") + ptx.count("ld.global.b32")
+            row["b16_loads"] = ptx.count("ld.global.b16")  # a 16-bit input read one by one
             if "cubin" in compiled.asm and cuobjdump.exists():
                 row.update(_resources(cuobjdump, compiled.asm["cubin"], kernel.__name__))
+            row.update(_spills(ptx))
             out.append(row)
     return out
+
+
+def _spills(ptx: str) -> dict:
+    """Spill store / load bytes ptxas reports for ptx (the bundled ptxas, Triton's options): a
+    stack frame alone (cuobjdump's STACK) is not a spill."""
+    import re
+    import tempfile
+
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "k.ptx"
+        src.write_text(ptx)
+        cmd = [get_ptxas(90).path, "-lineinfo", "-v", "--regAllocOptLevel=2", "--gpu-name=sm_90a"]
+        log = subprocess.run([*cmd, str(src), "-o", str(src.with_suffix(".o"))], **_TEXT).stderr
+    found = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    return dict(spill_stores=int(found[1]), spill_loads=int(found[2])) if found else {}
+
+
+_TEXT = dict(capture_output=True, text=True)
 
 
 def _resources(cuobjdump: Path, cubin: bytes, name: str) -> dict:
@@ -151,31 +196,31 @@ def test_kernels_compile_for_sm90(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = json.loads(proc.stdout.strip().splitlines()[-1])
     for row in rows:  # shown with -s
-        figures = {k: row.get(k) for k in ("reg", "local", "dyn_shared", "seconds", "vector_loads")}
-        print(row["kernel"], row["case"], row.get("error", figures))
+        keys = ("reg", "spill_stores", "stack", "dyn_shared", "seconds", "vector_loads")
+        print(row["kernel"], row["case"], row.get("error", {k: row.get(k) for k in keys}))
     failed = [
         f"{r['kernel']} {r['case']} {r['constexprs']}: {r['error']}" for r in rows if "error" in r
     ]
     assert not failed, "\n".join(failed)
-    kernels = {r["kernel"] for r in rows}
-    assert kernels == {
-        "layer_stats_pass_kernel",
-        "layer_stats_select_kernel",
-        "layer_stats_finalize_kernel",
-    }
+    assert {r["kernel"] for r in rows} == {"layer_stats_sample_kernel", "layer_stats_pass_kernel"}
     for row in rows:
         assert {"ttir", "ttgir", "llir", "ptx", "cubin"} <= set(row["stages"]), row
-        if "local" in row:  # no register spills (local memory) in any kernel
-            assert row["local"] == 0 and row["stack"] == 0, row
-    # the hot passes on aligned contiguous input load 16 bytes at a time, never 2 or 4
+        # two Triton launches and the scratch fill: at most 3 per call, the selection inside
+        assert row["launches"] == 2 and row["plan_launches"] == 3, row
+        assert row["spill_stores"] == row["spill_loads"] == 0, row  # no spills in any kernel
+        if "local" in row and row["kernel"] == "layer_stats_pass_kernel":
+            assert row["reg"] <= MAX_PASS_REGISTERS and row["local"] == row["stack"] == 0, row
+    # the hot pass on aligned contiguous input loads 4 values per thread at once (16 bytes of
+    # fp32, 8 of bf16), never one 16-bit value at a time
     hot = [
         r
         for r in rows
-        if r["kernel"] == "layer_stats_pass_kernel"
-        and r["case"][:2] == ["bfloat16", [8, 2048, 4096]]
+        if r["kernel"] == "layer_stats_pass_kernel" and r["case"][1:3] == [[8, 2048, 4096], 3]
     ]
-    assert len(hot) == 2 and all(r["vector_loads"] > 0 == r["narrow_loads"] for r in hot), hot
-    assert all(r["constexprs"]["ALIGN"] == 8 for r in hot), hot
+    assert len(hot) == 5, hot
+    assert all(r["vector_loads"] > 0 and r["b16_loads"] == 0 for r in hot), hot
+    esize = {"float32": 4, "float16": 2, "bfloat16": 2}
+    assert all(r["constexprs"]["ALIGN"] == 16 // esize[r["case"][0]] for r in hot), hot
 
 
 @pytest.mark.skipif(not INTERPRET and not HAS_CUDA, reason="needs TRITON_INTERPRET or CUDA")
