@@ -71,10 +71,10 @@ SINK_RECIPE = dict(
     batch=8, seq_len=64, warmup=30, weight_decay=0.1, schedule="constant", text="repeat"
 )
 # fast: 4 models (17 layers) in parallel, one process per core; `make run` in under 300 s
-_FAST = dict(steps=4500, lr=3e-2, n_regular=18, **SINK_RECIPE)
+_FAST = dict(steps=4500, lr=2e-2, n_regular=18, **SINK_RECIPE)
 # standard: 16 models for the prediction stage, H/d 1/48..1/8, d/L 8..64, MLP 2x..8x; about
 # half an hour on 2 cores (the local engine uses every core, Ray every worker)
-_STANDARD = dict(steps=4500, lr=3e-2, n_regular=18, **SINK_RECIPE)
+_STANDARD = dict(steps=4500, lr=2e-2, n_regular=18, **SINK_RECIPE)
 MINI_PRESETS: dict[str, list[MiniArch]] = {
     "tiny": _grid(  # for tests: seconds; the sink recipe's options, too short to show sinks
         [(2, 16, 2, 2), (3, 32, 4, 4)],
@@ -82,7 +82,7 @@ MINI_PRESETS: dict[str, list[MiniArch]] = {
         n_regular=3,
         **{**SINK_RECIPE, "batch": 4, "seq_len": 16, "warmup": 4},
     ),
-    "fast": _grid([(4, 64, 4, 4), (4, 64, 8, 4), (5, 64, 4, 4), (4, 64, 4, 2)], **_FAST),
+    "fast": _grid([(4, 64, 4, 4), (4, 64, 8, 4), (5, 64, 8, 4), (4, 64, 2, 4)], **_FAST),
     "standard": _grid(
         [
             (2, 64, 2, 4),
