@@ -17,6 +17,7 @@ import triton.language as tl
 
 from ._bits import KEY_PAD, _bits_to_f32, _pick_bin, _slice_offsets, _tile, _topk_insert
 from ._plan import (
+    AT_LO,
     BELOW,
     BUFFER_OVERFLOW,
     EMPTY_SLICE,
@@ -192,11 +193,15 @@ def _finish(
     b_med = b_lo + (i_bin << b_shift)  # the bin's lowest pattern
     b_hit = (b_rank >= 0) & (b_rank < tl.sum(b_hist))
     if NSUB > 0:  # fp32: the bin's values are in the median buffer unless it overflowed
+        # bin 0 starts with the values equal to lo, counted but not kept
+        b_at_lo = tl.where(i_bin == 0, _load_cg(p_scr, AT_LO, True), 0)
+        b_scan = b_hit & (b_shift > 0) & (b_in_bin >= b_at_lo)
+        b_in_bin -= b_at_lo
         o_sub = tl.arange(0, NSUB)
-        b_fill = tl.max(_load_cg(p_scr, SUB_COUNTS + o_sub, o_sub < NSUB))
-        b_status |= tl.where(b_hit & (b_fill > CAPM_SUB) & (b_shift > 0), BUFFER_OVERFLOW, 0)
-        b_hit &= (b_fill <= CAPM_SUB) | (b_shift == 0)
-        if b_hit & (b_shift > 0) & (b_n > 0):
+        b_lost = tl.max(_load_cg(p_scr, SUB_COUNTS + o_sub, o_sub < NSUB)) > CAPM_SUB
+        b_status |= tl.where(b_scan & b_lost, BUFFER_OVERFLOW, 0)
+        b_hit &= (b_scan & b_lost) == 0
+        if b_scan & (b_lost == 0) & (b_n > 0):
             b_med = _select_buffer(p_med, p_scr, b_med, b_shift, b_in_bin, CAPM_SUB, NSUB)
     if (b_hit == 0) & (b_n > 0):
         b_status |= tl.where((b_status & BUFFER_OVERFLOW) != 0, 0, MEDIAN_FALLBACK)

@@ -4,8 +4,9 @@ runs the finish (kernels/_finish.py).
 Per tile of a program (grid = slices x programs per slice, strided, 64-bit offsets):
 - counts the real elements below the window [lo, hi] and histograms those inside it in WP bins
   of 2**shift patterns (bf16/fp16: shift 0, one bin per pattern: the count is exact);
-- fp32 (BUFFER): appends the patterns inside the window to this program's median sub-buffer
-  (one atomic per kept element, on one of NSUB counters: few elements, little contention);
+- fp32 (NSUB > 0): appends the patterns inside the window to this program's median sub-buffer
+  (one atomic per kept element, on one of NSUB counters: few elements, little contention),
+  except those equal to its lowest pattern, which are counted (an atom there: zeros);
 - appends the top-k candidates (pattern > t) with their flat index.
 Then a block barrier and a release/acquire counter per slice: the program that finishes last
 sees every other program's counts and buffers (read through L2) and finishes the slice.
@@ -19,6 +20,7 @@ import triton.language as tl
 from ._bits import _slice_offsets
 from ._finish import _finish
 from ._plan import (
+    AT_LO,
     BELOW,
     GT,
     N_REAL,
@@ -96,6 +98,7 @@ def layer_stats_pass_kernel(
     m_c = o_c < D
     b_n = tl.zeros([], dtype=tl.int32)
     b_below = tl.zeros([], dtype=tl.int32)
+    b_at_lo = tl.zeros([], dtype=tl.int32)
     b_hist = tl.zeros([WP], dtype=tl.int32)
     for i_t in range(NT):
         # [BS]
@@ -121,7 +124,10 @@ def layer_stats_pass_kernel(
             b_bin = tl.where(m_in, b_bits - b_lo, 0)
         # histogram wants 1-D input; bins and mask are flattened alike
         b_hist += tl.histogram(tl.reshape(b_bin, [BS * BD]), WP, mask=tl.reshape(m_in, [BS * BD]))
-        if NSUB > 0:  # keep the window's values: one slot per value
+        if NSUB > 0:  # keep the window's values: one slot per value; lo itself only counted
+            m_lo = b_bits == b_lo
+            b_at_lo += tl.sum((m_in & m_lo).to(tl.int32))
+            m_in &= ~m_lo
             b_slot = tl.atomic_add(p_count + tl.zeros_like(b_bits), 1, mask=m_in, sem="relaxed")
             tl.store(p_sub + b_slot, b_bits, mask=m_in & (b_slot < CAPM_SUB))
         # top-k candidates (> t): a few per slice, so a tile holds one now and then
@@ -145,6 +151,8 @@ def layer_stats_pass_kernel(
         b_n = tl.minimum(S - i_r * NT * BS, NT * BS)
     tl.atomic_add(p_scr + N_REAL, b_n * tl.minimum(D - i_c * BD, BD), sem="relaxed")
     tl.atomic_add(p_scr + BELOW, b_below, sem="relaxed")
+    if NSUB > 0:
+        tl.atomic_add(p_scr + AT_LO, b_at_lo, sem="relaxed")
     # every thread's writes before the counter's release; the last program acquires them all
     tl.debug_barrier()
     if tl.atomic_add(p_scr + PASS_DONE, 1, sem="acq_rel") == NB - 1:

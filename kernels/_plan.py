@@ -4,14 +4,14 @@ the scratch layout, computed from shapes alone (no device access), plus what it 
 Why these sizes. The pass reads every element once and finds the median exactly only if it knows,
 before reading, a bracket of bit patterns that holds the median rank:
 - bf16/fp16: a window of WINDOW_16 consecutive patterns centred on a pilot sample's median is
-  counted exactly (one counter per pattern): 2048 patterns are 16 binades of bf16, 2 of fp16.
+  counted exactly (one counter per pattern): 1024 patterns are 8 binades of bf16, 1 of fp16.
 - fp32: patterns are too many to count one by one, so the pass keeps the elements whose pattern
   lies in a bracket [lo, hi] taken from a larger sample: the bracket holds about
   Z_SAMPLE / sqrt(m) of the slice for a sample of m elements, and that must fit the median
   buffer (MEMORY_SHARE of the input's bytes). Hence m = (HEADROOM * Z_SAMPLE * n / cap)^2:
-  about 3% of a [2048, 4096] slice, a quarter of a [2048, 512] one.
-- top-k: candidates above t, the k-th largest sampled value (at least k elements are >= t);
-  about n * k / m of them, sized to TOP_SLACK times fewer than the candidate buffer.
+  about 3% of a [2048, 4096] slice, a third of a [2048, 512] one.
+- top-k: candidates above t, the (k+2)-th largest sampled value (at least k + 2 elements are
+  >= t); about n * (k + 2) / m of them, sized to TOP_SLACK times fewer than the buffer holds.
 The sample reads whole 32-byte sectors (CHUNK_BYTES contiguous bytes per sampled position).
 """
 
@@ -30,7 +30,7 @@ MAX_N = 2**31 - 1  # counters and flat indices are int32
 
 CHUNK_BYTES = 32  # one DRAM sector per sampled position
 PILOT_CHUNKS = 32  # pilot sample: 256 fp32 / 512 bf16 values (fp32: re-read by every program)
-SAMPLE_BLOCK = 2048  # values per sample program
+SAMPLE_BLOCK = 4096  # values per sample program
 WINDOW_16 = 1024  # counted patterns around the median (bf16/fp16)
 WINDOW_32 = 1024  # bins over the fp32 bracket (locate the median's bin before the buffer scan)
 SAMPLE_BINS_32 = 1024  # bins of the fp32 sample histogram over the pilot window
@@ -47,6 +47,7 @@ RADIX_BINS = tl.constexpr(2**10)
 N_REAL = tl.constexpr(0)  # real elements (pass)
 BELOW = tl.constexpr(1)  # real elements below the pass window (pass)
 GT = tl.constexpr(2)  # candidates: elements above t (pass)
+AT_LO = tl.constexpr(3)  # fp32: elements equal to the window's lowest pattern (not buffered)
 PASS_DONE = tl.constexpr(4)  # pass programs finished
 SAMPLE_DONE = tl.constexpr(5)  # sample programs finished
 SAMPLE_TOTAL = tl.constexpr(6)  # real sampled values (fp32)
@@ -54,7 +55,7 @@ SAMPLE_BELOW = tl.constexpr(7)  # sampled values below the pilot window (fp32)
 WIN_LO = tl.constexpr(8)  # pass window: lowest pattern
 WIN_HI = tl.constexpr(9)  # pass window: highest pattern
 WIN_SHIFT = tl.constexpr(10)  # pass window: bin = (pattern - lo) >> shift
-THRESHOLD = tl.constexpr(11)  # t: top-k candidates are > t (ties at t counted)
+THRESHOLD = tl.constexpr(11)  # t: top-k candidates are > t (ties at t: the finish's scan)
 STATUS = tl.constexpr(12)  # which path each statistic took (flags below)
 SUB_COUNTS = tl.constexpr(16)  # NSUB median sub-buffer fill counts
 HEADER_WORDS = 32
@@ -149,13 +150,18 @@ class Plan:
         return triton.next_power_of_2(self.k)
 
     @property
+    def ks(self) -> int:
+        """Sampled values each sample program keeps: t is the (k+2)-th largest of them all."""
+        return triton.next_power_of_2(self.k + 2)
+
+    @property
     def sample_top_offset(self) -> int:
         """Scratch word of the per-sample-program top-k values (then the histograms)."""
         return HEADER_WORDS
 
     @property
     def window_offset(self) -> int:
-        return self.sample_top_offset + _round(self.sample_programs * self.kp)
+        return self.sample_top_offset + _round(self.sample_programs * self.ks)
 
     @property
     def sample_bins_offset(self) -> int:
@@ -194,7 +200,7 @@ class Plan:
         sector = CHUNK_BYTES
         pilot_reads = self.pilot_chunks * (self.sample_programs if self.fp32 else 1)
         sample = self.B * sector * (self.sample_chunks + pilot_reads)
-        sample += self.B * 4 * (self.sample_programs * self.kp + self.sample_bins)  # last program
+        sample += self.B * 4 * (self.sample_programs * self.ks + self.sample_bins)  # last program
         finish = self.B * 4 * (HEADER_WORDS + self.window + self.cap_median + 2 * self.cap_top)
         if l2_resident:
             sample = self.B * sector * self.pilot_chunks + self.B * 4 * self.sample_bins
@@ -260,11 +266,11 @@ def plan(
     nsub = min(NSUB_32, _pow2_floor(nb)) if fp32 else 0  # programs share sub-buffers
     budget = MEMORY_SHARE * n * esize  # bytes per slice
     cells = S * triton.cdiv(D, chunk) if along_d else D * triton.cdiv(S, chunk)
-    kp = triton.next_power_of_2(k)
+    ks = triton.next_power_of_2(k + 2)
     forced = dict(top=cap_top, median=cap_median, chunks=sample_chunks, cpp=chunks_per_program)
     programs_s = 1
-    for _ in range(3):  # the sample programs' top-k words shrink the median buffer: settle
-        fixed = 4 * (HEADER_WORDS + _round(programs_s * kp) + window + sample_bins)
+    for _ in range(4):  # the sample programs' top-k words shrink the median buffer: settle
+        fixed = 4 * (HEADER_WORDS + _round(programs_s * ks) + window + sample_bins)
         cap_top = forced["top"]
         if cap_top is None:
             share = 0.05 if fp32 else 1.0  # fp32: the median buffer takes the rest
@@ -279,7 +285,7 @@ def plan(
             cap_median = -(-cap_median // nsub) * nsub
         sample_chunks = forced["chunks"]
         if sample_chunks is None:
-            values = TOP_SLACK * n * k / cap_top
+            values = TOP_SLACK * n * (k + 2) / cap_top
             if fp32:
                 values = max(values, (HEADROOM * z_sample * n / cap_median) ** 2)
             sample_chunks = max(1, min(cells, math.ceil(values / chunk)))
@@ -287,6 +293,17 @@ def plan(
         if chunks_per_program is None:
             chunks_per_program = min(SAMPLE_BLOCK // chunk, triton.next_power_of_2(sample_chunks))
         programs_s = triton.cdiv(sample_chunks, chunks_per_program)
+    if fp32 and forced["median"] is None:  # the last round's programs: within the budget still
+        fixed = 4 * (HEADER_WORDS + _round(programs_s * ks) + window + sample_bins)
+        over = 4 * cap_median + 8 * cap_top + fixed - budget
+        if over > 0:
+            floor = -(-min(n, 4096) // nsub) * nsub
+            cap_median = max(floor, cap_median - -(-int(over) // (4 * nsub)) * nsub)
+    if min(cap_top, sample_chunks, chunks_per_program) < 1 or cap_median < 0:
+        raise ValueError(
+            f"plan: buffer and sample sizes must be positive, got cap_top={cap_top}, "
+            f"cap_median={cap_median}, sample_chunks={sample_chunks}"
+        )
     return Plan(
         B=B,
         S=S,

@@ -7,13 +7,16 @@ cells / golden ratio and coprime to it: a permutation of the cells whose first j
 like a low-discrepancy sequence, so the first `cells` chunks are distinct elements. Program q of a
 slice
 reads chunks q * CPP ... (a [CPP, CW] block; the pilot is the first PILOT chunks) and
-- writes its KP largest patterns (the threshold t is the k-th largest over all programs: at least
-  k sampled elements, hence at least k elements of the slice, are >= t);
+- writes its KS largest patterns (the threshold t is the (k+2)-th largest over all programs: at
+  least k + 2 distinct sampled elements, hence elements of the slice, are >= t; the 2 spare keep
+  the k largest strictly above t even where the sample holds the slice's largest values);
 - fp32: counts its patterns in SAMPLE_BINS bins over the pilot window (the pilot is the first
   PILOT chunks, read and sorted by every program so that all use the same bins).
 The last program of the slice (a counter, zeroed by the launcher) turns these into the pass
 window: bf16/fp16: WINDOW patterns around the pilot's median; fp32: the bracket of sample ranks
-m/2 +- z * sqrt(m)/2, which holds the median unless the sample misled (then: the fallback).
+m/2 +- z * sqrt(m)/2, which holds the median unless the sample misled (then: the fallback), or
+the one value of the pilot's bracket when the pilot saw nothing else there (an atom: zeros,
+clipped values), counted exactly.
 """
 
 from __future__ import annotations
@@ -185,7 +188,7 @@ def layer_stats_sample_kernel(
     z_pilot,
     z_sample,
     K: tl.constexpr,
-    KP: tl.constexpr,
+    KS: tl.constexpr,  # sampled values kept per program: next power of 2 of K + 2
     PP: tl.constexpr,  # next power of 2 of P
     CPP: tl.constexpr,  # chunks per program
     CW: tl.constexpr,  # values per chunk
@@ -229,19 +232,19 @@ def layer_stats_sample_kernel(
         b_below = tl.sum((m_x & (b_bits < b_base)).to(tl.int32))
         tl.atomic_add(p_scr + SAMPLE_BELOW, b_below, sem="relaxed")
         tl.atomic_add(p_scr + SAMPLE_TOTAL, tl.sum(m_x.to(tl.int32)), sem="relaxed")
-    # this program's KP largest patterns (-1: no value)
+    # this program's KS largest patterns (-1: no value)
     b_vals = tl.reshape(tl.where(m_x, b_bits, -1), [CPP * CW])
     o_v = tl.arange(0, CPP * CW)
-    for j in tl.static_range(KP):
-        tl.store(p_scr + TOP_OFF + i_q * KP + j, tl.max(b_vals))
+    for j in tl.static_range(KS):
+        tl.store(p_scr + TOP_OFF + i_q * KS + j, tl.max(b_vals))
         b_vals = tl.where(o_v == tl.argmax(b_vals, 0), -1, b_vals)
     # the last program of the slice sees every other program's writes (release / acquire)
     tl.debug_barrier()
     if tl.atomic_add(p_scr + SAMPLE_DONE, 1, sem="acq_rel") == P - 1:
-        # t: the K-th largest sampled pattern over all programs (0 if fewer than K values)
-        o_t = tl.arange(0, PP * KP)
-        b_all = tl.load(p_scr + TOP_OFF + o_t, mask=o_t < P * KP, other=-1, cache_modifier=".cg")
-        for _ in tl.static_range(K - 1):
+        # t: the (K+2)-th largest sampled pattern over all programs (0 if fewer values)
+        o_t = tl.arange(0, PP * KS)
+        b_all = tl.load(p_scr + TOP_OFF + o_t, mask=o_t < P * KS, other=-1, cache_modifier=".cg")
+        for _ in tl.static_range(K + 1):
             b_all = tl.where(o_t == tl.argmax(b_all, 0), -1, b_all)
         b_t = tl.maximum(tl.max(b_all), 0)
         if WS > 0:
@@ -253,15 +256,16 @@ def layer_stats_sample_kernel(
             _, b_hi = _rank_bounds(b_hist, r_hi, b_below, b_base, b_shift, INF)
             b_lo = tl.where(b_total > 0, b_lo, 0)
             b_hi = tl.where(b_total > 0, b_hi, INF + 1)
+            b_atom = b_base == b_top  # the pilot's bracket is one value: count just it
+            b_lo = tl.where(b_atom, b_base, b_lo)
+            b_hi = tl.where(b_atom, b_base, b_hi)
             b_wshift = _shift_for(b_hi - b_lo, WP)
-        else:  # bf16/fp16: WP consecutive patterns around the pilot's median bracket
-            b_plo, b_phi = _pilot(
-                p_h, p_m, S, D, stride_s, stride_d, mask_stride_s, R, Q, STEP, LC, z_pilot,
+        else:  # bf16/fp16: WP consecutive patterns centred on the pilot's median
+            b_mid, _ = _pilot(
+                p_h, p_m, S, D, stride_s, stride_d, mask_stride_s, R, Q, STEP, LC, 0.0,
                 PILOT, CW, ALONG_D, HAS_MASK, IS_16BIT, INF, TOTAL_BITS,
             )  # fmt: skip
-            b_width = b_phi - b_plo + 1  # centred on the bracket, or on its middle if wider
-            b_lo = b_plo + b_width // 2 - WP // 2
-            b_lo = tl.maximum(b_lo, 0).to(tl.int64)
+            b_lo = tl.maximum(b_mid - WP // 2, 0).to(tl.int64)
             b_hi = b_lo + WP - 1
             b_wshift = tl.zeros([], dtype=tl.int32)
         tl.store(p_scr + WIN_LO, b_lo.to(tl.int32))

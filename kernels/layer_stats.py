@@ -143,7 +143,6 @@ def triton_layer_stats_many(
         stride_d=h.stride(-1),
         SCR=p.scratch_words,
         K=k,
-        KP=p.kp,
         HAS_MASK=masks is not None,
         HAS_TABLE=table is not None,
         IS_16BIT=esize == 2,
@@ -185,6 +184,7 @@ def _launch(p: Plan, common: dict, outputs: dict, align: int, warps: int) -> Non
         P=p.sample_programs,
         z_pilot=p.z_pilot,
         z_sample=p.z_sample,
+        KS=p.ks,
         PP=triton.next_power_of_2(p.sample_programs),
         CPP=p.chunks_per_program,
         CW=p.chunk,
@@ -194,10 +194,11 @@ def _launch(p: Plan, common: dict, outputs: dict, align: int, warps: int) -> Non
         TOP_OFF=p.sample_top_offset,
         SBIN_OFF=p.sample_bins_offset,
         ALONG_D=p.along_d,
-        num_warps=8,
+        num_warps=16,  # 8 sampled values per thread
         **common,
     )
     layer_stats_pass_kernel[(p.B * p.nb,)](
+        KP=p.kp,
         NB=p.nb,
         NBD=p.nbd,
         NT=p.tiles,

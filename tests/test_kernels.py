@@ -181,11 +181,11 @@ def test_kernel_paths(dtype, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_kernel_sample_repeats_an_element(device):
-    """More sampled chunks than the slice has: the k largest sampled values can be copies of
-    one element, so t sits above the k-th value; the tie scan finds too few, the scan answers."""
+    """More sampled chunks than the slice has: the k + 2 largest sampled values can be copies of
+    a few elements, so t sits above the k-th value; the tie scan finds too few, the scan answers."""
     h = torch.tensor([[[1.0, -3.0, 2.0]]], device=device)  # one chunk
-    assert check(h, 3) == [flags.TIE_SCAN.value]  # sampled once: t = the 3rd value
-    status = check(h, 3, sample_chunks=4)
+    assert check(h, 3) == [HIT]  # sampled once: fewer than k + 2 values, t = 0
+    status = check(h, 3, sample_chunks=4)  # t = 2, the 5th of 3, 3, 3, 3, 2, ...
     assert status == [flags.TIE_SCAN.value | flags.TOPK_FALLBACK.value], status
 
 
