@@ -4,14 +4,13 @@ from chunks of the slice at spread, distinct positions.
 Each chunk is `CW` contiguous values of one row (32 bytes: one DRAM sector); chunk j is cell
 (j * STEP) mod cells of the R x Q cells (rows x chunks along the contiguous axis), STEP close to
 cells / golden ratio and coprime to it: a permutation of the cells whose first j are spread
-like a low-discrepancy sequence, so the first `cells` chunks are distinct elements. Program q of a
-slice
-reads chunks q * CPP ... (a [CPP, CW] block; the pilot is the first PILOT chunks) and
+like a low-discrepancy sequence, so the first `cells` chunks are distinct elements. Program q of
+a slice reads chunks q * CPP ... (a [CPP, CW] block; the pilot is the first PILOT chunks) and
 - writes its KS largest patterns (the threshold t is the (k+2)-th largest over all programs: at
   least k + 2 distinct sampled elements, hence elements of the slice, are >= t; the 2 spare keep
   the k largest strictly above t even where the sample holds the slice's largest values);
-- fp32: counts its patterns in SAMPLE_BINS bins over the pilot window (the pilot is the first
-  PILOT chunks, read and sorted by every program so that all use the same bins).
+- fp32: counts its patterns in SAMPLE_BINS bins over the pilot window (every program reads the
+  pilot and selects its ranks alike, so that all use the same bins).
 The last program of the slice (a counter, zeroed by the launcher) turns these into the pass
 window: bf16/fp16: WINDOW patterns around the pilot's median; fp32: the bracket of sample ranks
 m/2 +- z * sqrt(m)/2, which holds the median unless the sample misled (then: the fallback), or
@@ -36,8 +35,6 @@ from ._plan import (
     WIN_LO,
     WIN_SHIFT,
 )
-
-NO_VALUE = tl.constexpr(0x7FFFFFFF)  # sorts after every pattern
 
 
 @triton.jit
