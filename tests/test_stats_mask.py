@@ -255,25 +255,19 @@ def test_layer_stats_many_with_one_mask(backend):
         assert_stats_equal(got, reference_layer_stats(h, 2, mask=mask))
 
 
-def _triton_masks_or_skip():
-    from massact.kernels.layer_stats import triton_layer_stats
-
-    h = torch.randn(1, 2, 3)
-    try:
-        triton_layer_stats(h, 1, torch.ones(1, 2, dtype=torch.bool))
-    except NotImplementedError as e:
-        pytest.skip(f"the Triton kernels do not take a mask yet ({e})")
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("shape", [(3, 9, 11), (2, 40, 33)], ids=["one-block", "many-blocks"])
 def test_triton_backend_masked(shape, dtype):
-    _triton_masks_or_skip()
+    """Through the dispatch (mask validated, broadcast, moved); the kernels' own mask tests are
+    in test_kernels.py."""
     h = special("ties", dtype, shape)
     mask = random_mask(shape[:-1])
     for k in (1, 4):
         want = reference_layer_stats(h, k, mask=mask)
         assert_stats_equal(layer_stats(h, k, mask=mask, backend="triton"), want)
+    shared = mask[-1].to(torch.int64)  # [S] integer: converted and broadcast by the dispatch
+    want = reference_layer_stats(h, 2, mask=shared.bool().expand(mask.shape))
+    assert_stats_equal(layer_stats(h, 2, mask=shared, backend="triton"), want)
     # same [B, S]: another d, and the same values with batch-major strides (one launch each)
     hs = [h, torch.randn(*shape[:-1], 5).to(dtype), h.transpose(0, 1).contiguous().transpose(0, 1)]
     for got, x in zip(layer_stats_many(hs, 3, mask=mask, backend="triton"), hs):

@@ -75,11 +75,7 @@ def layer_stats(
         _check_triton(h, k)
         from ..kernels.layer_stats import triton_layer_stats
 
-        try:
-            return triton_layer_stats(h, k, mask)
-        except NotImplementedError:  # kernels without masks yet: "auto" falls back quietly
-            if backend == "triton" or mask is None:
-                raise
+        return triton_layer_stats(h, k, mask)
     from ._torch_path import torch_layer_stats
 
     return torch_layer_stats(h, k, mask)
@@ -151,13 +147,7 @@ def layer_stats_many(
 
         for idx in groups.values():
             group = [hs[i].detach() for i in idx]
-            try:
-                results = triton_layer_stats_many(group, k, masks[idx[0]])
-            except NotImplementedError:  # kernels without masks yet: "auto" falls back
-                if backend == "triton" or mask is None:
-                    raise
-                results = [layer_stats(hs[i], k, mask=masks[i], backend="torch") for i in idx]
-            for i, st in zip(idx, results):
+            for i, st in zip(idx, triton_layer_stats_many(group, k, masks[idx[0]])):
                 out[i] = st
     return out
 
