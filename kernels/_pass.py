@@ -4,8 +4,9 @@ runs the finish (kernels/_finish.py).
 Per tile of a program (grid = slices x programs per slice, strided, 64-bit offsets):
 - counts the real elements below the window [lo, hi] and histograms those inside it in WP bins
   of 2**shift patterns (bf16/fp16: shift 0, one bin per pattern: the count is exact);
-- fp32 (NSUB > 0): appends the patterns inside the window to this program's median sub-buffer
-  (one atomic per kept element, on one of NSUB counters: few elements, little contention),
+- fp32 (NSUB > 0): appends the patterns inside the window to a median sub-buffer
+  (one atomic per kept element, on one of NSUB counters taken in turn by the tiles: few
+  elements, little contention, even fill),
   except those equal to its lowest pattern, which are counted (an atom there: zeros);
 - appends the top-k candidates (pattern > t) with their flat index.
 Then a block barrier and a release/acquire counter per slice: the program that finishes last
@@ -90,9 +91,6 @@ def layer_stats_pass_kernel(
     if NSUB > 0:
         b_shift = tl.load(p_scr + WIN_SHIFT)
     b_t = tl.load(p_scr + THRESHOLD)
-    if NSUB > 0:
-        p_count = p_scr + SUB_COUNTS + i_n % NSUB
-        p_sub = buffers + o_buf + (i_n % NSUB) * CAPM_SUB
     # [BD] int32: per-element int64 registers only where an address is formed
     o_c = i_c * BD + tl.arange(0, BD)
     m_c = o_c < D
@@ -125,6 +123,9 @@ def layer_stats_pass_kernel(
         # histogram wants 1-D input; bins and mask are flattened alike
         b_hist += tl.histogram(tl.reshape(b_bin, [BS * BD]), WP, mask=tl.reshape(m_in, [BS * BD]))
         if NSUB > 0:  # keep the window's values: one slot per value; lo itself only counted
+            i_sub = (i_n * NT + i_t) % NSUB  # tiles take turns: uneven regions even out
+            p_count = p_scr + SUB_COUNTS + i_sub
+            p_sub = buffers + o_buf + i_sub * CAPM_SUB
             m_lo = b_bits == b_lo
             b_at_lo += tl.sum((m_in & m_lo).to(tl.int32))
             m_in &= ~m_lo
