@@ -59,6 +59,11 @@ def test_schedules_after_warmup():
     assert lr_factor(cos, 10) == 1.0 and math.isclose(lr_factor(cos, 100), 0.1)
     assert math.isclose(lr_factor(cos, 55), 0.55)
     assert all(lr_factor(const, s) == 1.0 for s in range(10, 200))
+    wsd = MiniArch(2, 16, 2, steps=100, warmup=10, schedule="wsd")  # decays over the last 30
+    assert [lr_factor(wsd, s) for s in (9, 10, 69, 70)] == [1.0, 1.0, 1.0, 1.0]
+    assert math.isclose(lr_factor(wsd, 85), 0.55) and math.isclose(lr_factor(wsd, 100), 0.1)
+    factors = [lr_factor(wsd, s) for s in range(70, 101)]
+    assert all(a > b for a, b in zip(factors, factors[1:])), "decreasing over the decay"
 
 
 def test_bad_recipes():
@@ -118,9 +123,9 @@ def test_repeat_constant_recipe_records_where_the_top1_sits(tmp_path):
 
 
 def test_fast_and_standard_presets_use_the_sink_recipe():
-    for name in ("fast", "standard"):
+    for name, schedule in (("fast", "constant"), ("standard", "cosine")):
         for arch in MINI_PRESETS[name]:
-            assert (arch.text, arch.schedule) == ("repeat", "constant")
+            assert (arch.text, arch.schedule) == ("repeat", schedule)
             assert arch.weight_decay > 0
     standard = MINI_PRESETS["standard"]
     assert len(standard) >= 12

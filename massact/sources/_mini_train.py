@@ -64,13 +64,23 @@ def count_params(arch: MiniArch) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+WSD_DECAY = 0.3  # "wsd": the share of the steps, at the end, that decays the rate
+
+
 def lr_factor(arch: MiniArch, step: int) -> float:
-    """Learning-rate multiplier at `step`: linear warmup, then constant or cosine to 10%."""
+    """Learning-rate multiplier at `step`: linear warmup, then "constant"; "cosine" to 10% at
+    the last step; or "wsd" (warmup-stable-decay): constant, then a cosine to 10% over the last
+    WSD_DECAY of the steps."""
     if step < arch.warmup:
         return (step + 1) / arch.warmup
     if arch.schedule == "constant":
         return 1.0
-    frac = (step - arch.warmup) / max(1, arch.steps - arch.warmup)
+    start = arch.warmup
+    if arch.schedule == "wsd":
+        start = max(start, round(arch.steps * (1 - WSD_DECAY)))
+        if step < start:
+            return 1.0
+    frac = (step - start) / max(1, arch.steps - start)
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
 
 
