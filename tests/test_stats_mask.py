@@ -18,7 +18,7 @@ from massact import layer_stats, layer_stats_many, reference_layer_stats
 from massact.stats._torch_path import _CPU_MIN_N
 
 SMALL = (4, 9, 11)  # batched torch path (n = 99)
-LARGE = (4, 64, 72)  # numpy CPU path (n = 4608: top-k bound over groups of 16 values)
+LARGE = (4, 64, 72)  # numpy CPU path (n = 4608: top-k bound over groups of 256 values)
 LARGE_ODD = (4, 65, 73)  # numpy CPU path, odd n = 4745: groups of one value
 assert SMALL[-2] * SMALL[-1] < _CPU_MIN_N <= min(LARGE[-2] * LARGE[-1], 65 * 73)
 SHAPES = [SMALL, LARGE, LARGE_ODD]
