@@ -57,10 +57,10 @@ def report(tmp_path_factory):
         drawn[_name(path)] = (None, sizes(fig), fig.get_size_inches().copy())
         return save_plt(plt, path, title)
 
-    save, save_plt = _figures._save, _explain._save
+    save, save_plt = _figures.save_figure, _explain._save
     prov = base_provenance(seed=0, notes=["note with `code`"])
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(_figures, "_save", record)
+        mp.setattr(_figures, "save_figure", record)
         mp.setattr(_explain, "_save", record_plt)
         _document.write_report(out, dataset, traj, fit, None, pred, prov)
     return out, pred, drawn, fit
