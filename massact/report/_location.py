@@ -44,14 +44,17 @@ def location_table(dataset: Dataset) -> pd.DataFrame:
     stats = stats[np.isfinite(stats["ratio"]) & (stats["top1_token"] >= 0)]
     stats["on_first"] = stats["top1_token"] == 0
     group = stats.groupby(["model", "layer"], sort=False)
-    channel = group["top1_channel"].agg(lambda c: c.value_counts().idxmax())
+    # the most frequent top1 channel per layer (first of equals) and its share of the sequences
+    counts = group["top1_channel"].value_counts(normalize=True, sort=True)
+    dominant = counts.groupby(level=["model", "layer"], sort=False).head(1)
+    dominant = dominant.reset_index("top1_channel")
     table = pd.DataFrame(
         {
             "step": group["step"].first(),
             "ratio": group["ratio"].mean(),
             "top1 on token 0": group["on_first"].mean(),
-            "top1 channel": channel.astype(int),
-            "channel share": group["top1_channel"].agg(lambda c: c.value_counts().iloc[0] / len(c)),
+            "top1 channel": dominant["top1_channel"].astype(int),
+            "channel share": dominant["proportion"],
         }
     )
     if "bos_attention" in stats.columns:
@@ -81,10 +84,10 @@ def location_summary(table: pd.DataFrame) -> str:
     return text + "."
 
 
-def fig_location(dataset: Dataset, path: str | Path) -> Path:
-    """Two panels over relative depth, a line per model: (a) share of sequences whose top1 is
-    on the first token, (b) attention-sink share (when recorded)."""
-    table = location_table(dataset).reset_index()
+def fig_location(table: pd.DataFrame, path: str | Path) -> Path:
+    """Two panels over relative depth, a line per model (table: `location_table`): (a) share
+    of sequences whose top1 is on the first token, (b) attention-sink share (when recorded)."""
+    table = table.reset_index()
     sinks = "sink share" in table.columns
     fig = Figure(figsize=(10 if sinks else 5.5, 3.6))
     axes = fig.subplots(1, 2 if sinks else 1, squeeze=False)[0]
@@ -123,7 +126,7 @@ def write_location_section(doc, dataset: Dataset, fig_dir: Path, tab_dir: Path, 
         floatfmt=".2f",
         csv=tab_dir / "top1_location.csv",
     )
-    path = fig_location(dataset, fig_dir / "top1_location.png")
+    path = fig_location(table, fig_dir / "top1_location.png")
     doc.figure(
         path,
         "Where the top1 sits: share of sequences with the top1 on the first token, and the "

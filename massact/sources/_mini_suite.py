@@ -1,9 +1,11 @@
 """Source 3: the built-in mini-suite, small GPTNeoX models trained from scratch, fully offline.
 
 Each architecture (depth L, width d, heads H, MLP ratio d_ff/d) is trained with AdamW (linear
-warmup, cosine decay to 10%) on byte-level tokens (256 byte values + a BOS token that starts
-every sequence) from a corpus every machine has: the source text of the installed Python
-standard library (read in sorted path order), or a file/folder the user names. At a Pythia-like
+warmup, then the recipe's schedule: cosine decay to 10%, constant, or both) on byte-level tokens
+(256 byte values + a BOS token that starts every sequence) from a corpus every machine has: the
+source text of the installed Python standard library (read in sorted path order), or a
+file/folder the user names, as is or in the recipe's "repeat" form (massact.sources._mini_train
+and _mini_corpus.text_form). At a Pythia-like
 checkpoint schedule (0, powers of two, then regular steps) the per-layer statistics of a fixed
 probe set are written as one dataset task per (model, step), through the same forward hooks
 (`massact.probe._hooks.collect_layer_stats`) a real sweep uses.
@@ -241,8 +243,9 @@ def train_mini_suite(
 ) -> Path:
     """Train the mini-suite `preset` and write its trajectories to the dataset at `out`.
 
-    preset: "tiny" (seconds, for tests), "fast" (~2 minutes on a 2-core CPU), "full"
-    (16 models, minutes on a GPU), or a list of MiniArch. corpus: None for the Python
+    preset: "tiny" (seconds, for tests), "fast" (~4 minutes on a 2-core CPU), "standard"
+    (16 models, ~20 minutes there), "full" (16 larger models, minutes on a GPU), or a list of
+    MiniArch. corpus: None for the Python
     standard library source, a text file or folder, or bytes. device: default CUDA when
     available, else CPU. progress: rich progress bars; None = only when stderr is a terminal.
     n_probe: sequences in the fixed probe set. threads: torch CPU threads per model while
