@@ -12,7 +12,8 @@ import torch
 from _models import layer_outputs
 
 from massact.dataset import load_dataset
-from massact.report._location import location_table
+from massact.report._document import _Doc
+from massact.report._location import location_table, write_location_section
 from massact.sources import MINI_PRESETS, MiniArch, train_mini_suite
 from massact.sources._mini_corpus import REPEAT_CHUNK, probe_set, split_corpus, text_form
 from massact.sources._mini_train import build_model, lr_factor
@@ -120,6 +121,16 @@ def test_repeat_constant_recipe_records_where_the_top1_sits(tmp_path):
         assert entry["top1 on token 0"] == (rows["top1_token"] == 0).mean()
         assert entry["channel share"] == rows["top1_channel"].value_counts().iloc[0] / len(rows)
         assert math.isclose(entry["sink share"], rows["bos_attention"].mean())
+
+    # a dataset without the position columns (the paper's archive): no table, a clear reason
+    ds.stats = ds.stats.drop(columns=["top1_token", "top1_channel"])
+    with pytest.raises(KeyError, match="no top1_token / top1_channel"):
+        location_table(ds)
+
+    doc = _Doc()  # the report's document builder
+    write_location_section(doc, ds, tmp_path, tmp_path, tmp_path)
+    assert doc.md[0].endswith("## Where the massive activations sit")
+    assert doc.md[1].startswith("Not recorded") and len(doc.md) == 2
 
 
 def test_fast_and_standard_presets_use_the_sink_recipe():
