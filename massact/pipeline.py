@@ -322,7 +322,11 @@ def run_pipeline(settings: RunSettings, interrupted: Interrupted | None = None) 
         fit = timed("fit", lambda: fit_trajectories(traj.t, traj.y, traj.mask))
         atomic_write_bytes(out / "fits.parquet", fit_frame(traj, fit).to_parquet(index=False))
         usable = int((fit.ok() & ~fit.degenerate).sum())
-        say(f"{usable}/{len(fit.r2)} curves with usable Eq. 9 parameters -> {out}")
+        k_only = int(fit.usable()[:, -1].sum()) - usable
+        say(
+            f"{usable}/{len(fit.r2)} curves with usable Eq. 9 parameters, {k_only} more with K "
+            f"alone -> {out}"
+        )
     if {"hypotheses", "report"} & set(stages):
         from .curves import fit_hypotheses
 
@@ -368,14 +372,15 @@ def predict_stage(traj, fit, notes: list[str], *, seed: int, out: Path):
     """
     from .predict import train_predictors
 
-    ok = fit.ok() & ~fit.degenerate  # curves whose (A, lam, gamma, t0, K) are usable
+    # curves with a usable parameter: all five, or K alone where a degenerate fit fixes it
+    ok = fit.usable().any(1)
     if traj.keys["model"].nunique() < 2:
         notes.append("prediction stage skipped: needs at least two architectures")
         say(notes[-1])
         return None
     if int(ok.sum()) < 10:
         notes.append(
-            f"prediction stage skipped: {int(ok.sum())} curves with usable Eq. 9 parameters "
+            f"prediction stage skipped: {int(ok.sum())} curves with a usable Eq. 9 parameter "
             "(needs >= 10)"
         )
         say(notes[-1])
@@ -385,6 +390,7 @@ def predict_stage(traj, fit, notes: list[str], *, seed: int, out: Path):
         fit.params,
         fit.ok(),
         degenerate=fit.degenerate,
+        usable=fit.usable(),
         seed=seed,
         out=out / "predictor",
     )

@@ -51,12 +51,16 @@ from ._normalise import curve_scale, denormalise_jacobian, denormalise_reparam, 
 from ._settings import FitSettings
 
 __all__ = [
-    "DEGENERATE_LAM_T0", "FitResult", "FitSettings", "FitStatus", "curve", "fit_trajectories",
+    "DEGENERATE_LAM_T0", "K_MAX_STDERR", "K_RANGE_MARGIN", "FitResult", "FitSettings",
+    "FitStatus", "curve", "fit_trajectories",
 ]  # fmt: skip
 
 MIN_POINTS = 6
 # |lam t0| above this: A = A1 exp(lam t0) > 5e21 A1, the original parameters are not usable
 DEGENERATE_LAM_T0 = 50.0
+# a degenerate fit keeps K (FitResult.usable) where K lies within this many data ranges of the
+# data, and its standard error is at most K_MAX_STDERR data ranges
+K_RANGE_MARGIN, K_MAX_STDERR = 0.5, 0.1
 # the stopping rule: the SSE can drop by at most STOP_RTOL SSE + STOP_ATOL SST (`_core.sse_drop`)
 STOP_RTOL, STOP_ATOL = 1e-8, 1e-15
 # the tolerance: MAX_ITERATIONS only where the SSE can drop by at most TOL_RTOL SSE + TOL_ATOL SST,
@@ -295,6 +299,7 @@ class FitResult:
     settings: FitSettings | None = field(repr=False, default=None)  # what the fit ran with
     rounds: np.ndarray = field(repr=False, default=None)  # [N] rounds run (0: not fitted)
     sse_drop: np.ndarray = field(repr=False, default=None)  # [N] SSE drop the model allows
+    y_range: np.ndarray = field(repr=False, default=None)  # [N, 2] min, max of the used points
 
     def status_counts(self) -> dict[str, int]:
         """Curves per status by name, in `FitStatus` order, statuses that occur only:
@@ -312,6 +317,31 @@ class FitResult:
         finite = np.all(np.isfinite(self.params), axis=1)
         conv = self.status == FitStatus.CONVERGED
         return conv | ((self.status == FitStatus.MAX_ITERATIONS) & finite)
+
+    def usable(self) -> np.ndarray:
+        """[N, 5] bool, PARAM_NAMES order: which Eq. 9 parameters of each curve are usable as
+        numbers (to predict from architecture, to compare across curves).
+
+        All five where ok() & ~degenerate. In a degenerate fit, K alone, where it is finite,
+        within `K_RANGE_MARGIN` data ranges of the data (`y_range`) and its standard error is
+        at most `K_MAX_STDERR` data ranges. K is an Eq. 14 parameter itself: the level the
+        curve settles at. A curve that rises and levels off inside the window fixes it, while
+        its peak (A, lam, gamma, t0) lies beyond the data (gamma at its lower bound, A and lam
+        trading off). A curve still rising at the end (beta -> 0) gets a K far beyond its data
+        (1e5 on a log-increase of range 40), traded against A2: not kept."""
+        ok = self.ok()
+        full = ok & ~self.degenerate
+        k, se = self.params[:, 4], self.stderr_reparam[:, 4]
+        k_only = np.zeros_like(full)
+        if self.y_range is not None:
+            lo, hi = self.y_range[:, 0], self.y_range[:, 1]
+            span = hi - lo
+            with np.errstate(invalid="ignore"):
+                near = (k >= lo - K_RANGE_MARGIN * span) & (k <= hi + K_RANGE_MARGIN * span)
+                k_only = ok & self.degenerate & np.isfinite(k) & near & (se <= K_MAX_STDERR * span)
+        out = np.repeat(full[:, None], len(PARAM_NAMES), axis=1)
+        out[:, PARAM_NAMES.index("K")] |= k_only
+        return out & np.isfinite(self.params)
 
     def evaluate(self, t, level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Fitted curves at t ([m] or [N, m]) with a pointwise confidence band (delta method,
@@ -335,6 +365,7 @@ class FitResult:
             n_points=self.n_points, t_peak=self.t_peak, peak_observable=self.peak_observable,
             status=[FitStatus(s).name.lower() for s in self.status], ok=self.ok(),
             degenerate=self.degenerate, rounds=self.rounds, sse_drop=self.sse_drop,
+            K_usable=self.usable()[:, PARAM_NAMES.index("K")],
         )  # fmt: skip
         return pd.DataFrame(cols)
 
@@ -561,5 +592,5 @@ def fit_trajectories(
         peak_observable=(tp > 0) & (tp <= t_last), stderr=stderr,
         compile_seconds=t_compile, run_seconds=t_run, cov=cov, n_points=npts,
         stderr_reparam=stderr_rep, degenerate=degenerate, settings=settings,
-        rounds=rounds, sse_drop=drop,
+        rounds=rounds, sse_drop=drop, y_range=np.c_[scale[:, 2], scale[:, 2] + scale[:, 3]],
     )  # fmt: skip

@@ -25,6 +25,7 @@ class Explainable(Protocol):
     features: list[str]
     X: pd.DataFrame | None  # training features, [n_used, n_features]
     keys: pd.DataFrame | None  # model, layer of each training row
+    usable: pd.DataFrame | None  # [n_used, 5] bool: the rows each parameter learned from
     tree_models: dict[str, Any]  # param -> fitted tree model
     best_tree: dict[str, str]  # param -> its model name
     _shap: dict[str, Any]  # param -> shap.Explanation, a cache
@@ -37,8 +38,8 @@ def shap_values(pred: Explainable) -> dict:
     if not pred._shap:
         import shap
 
-        X = pred.X.to_numpy(np.float64)
         for p, m in pred.tree_models.items():
+            X = _rows_of(pred, p)
             e = shap.TreeExplainer(m)
             v = np.asarray(e.shap_values(X), np.float64)
             base = np.full(len(X), float(np.ravel(e.expected_value)[0]))
@@ -46,6 +47,16 @@ def shap_values(pred: Explainable) -> dict:
                 values=v, base_values=base, data=X, feature_names=list(pred.features)
             )
     return pred._shap
+
+
+def _rows_of(pred: Explainable, param: str, keys: bool = False):
+    """The training features [n_p, n_features] parameter `param` learned from (every row of X
+    unless `pred.usable` says otherwise); with keys=True, those rows' keys instead."""
+    rows = getattr(pred, "usable", None)
+    frame = pred.keys if keys else pred.X
+    if rows is not None:
+        frame = frame[rows[param].to_numpy(bool)]
+    return frame.reset_index(drop=True) if keys else frame.to_numpy(np.float64)
 
 
 def shap_importance(pred: Explainable) -> pd.DataFrame:
@@ -74,7 +85,7 @@ def shap_figures(pred: Explainable, out_dir) -> list[Path]:
         i = int(np.argmax(sv[p].values.sum(1)))
         plt.figure(figsize=(7, 4.5))
         shap.plots.waterfall(sv[p][i], max_display=10, show=False)
-        lay = pred.keys.iloc[i]
+        lay = _rows_of(pred, p, keys=True).iloc[i]
         title = f"{p}: layer {lay['layer']} of {lay['model']} (highest prediction)"
         paths.append(_save(plt, out / f"shap_waterfall_{p}.png", title))
     return paths
@@ -87,8 +98,9 @@ def pdp_figures(pred: Explainable, out_dir, top: int = 3) -> list[Path]:
     plt = _plt()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    imp, X, paths = shap_importance(pred), pred.X.to_numpy(np.float64), []
+    imp, paths = shap_importance(pred), []
     for p, m in pred.tree_models.items():
+        X = _rows_of(pred, p)
         idx = list(np.argsort(-imp[p].to_numpy(), kind="stable")[:top])
         fig, ax = plt.subplots(figsize=(3.2 * len(idx), 3.0))
         PartialDependenceDisplay.from_estimator(
@@ -161,7 +173,7 @@ def shap_grid_figures(pred: Explainable, out_dir) -> list[Path]:
         i = int(np.argmax(sv[p].values.sum(1)))
         plt.figure(figsize=(8, 5))
         shap.plots.waterfall(sv[p][i], max_display=10, show=False)
-        lay = pred.keys.iloc[i]
+        lay = _rows_of(pred, p, keys=True).iloc[i]
         title = f"{p}: layer {lay['layer']} of {lay['model']} (highest prediction)"
         paths.append(_save(plt, out / f"shap_waterfall_{p}.png", title))
     return paths
@@ -175,7 +187,7 @@ def pdp_grid_figures(pred: Explainable, out_dir, top: int = 3) -> list[Path]:
     plt = _plt()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    imp, X = shap_importance(pred), pred.X.to_numpy(np.float64)
+    imp = shap_importance(pred)
     params = list(pred.tree_models)
     if not params:
         return []
@@ -186,8 +198,8 @@ def pdp_grid_figures(pred: Explainable, out_dir, top: int = 3) -> list[Path]:
         for r, p in enumerate(params):
             idx = [int(i) for i in np.argsort(-imp[p].to_numpy(), kind="stable")[:top]]
             PartialDependenceDisplay.from_estimator(
-                pred.tree_models[p], X, idx, feature_names=pred.features, grid_resolution=25,
-                ax=axes[r, : len(idx)],
+                pred.tree_models[p], _rows_of(pred, p), idx, feature_names=pred.features,
+                grid_resolution=25, ax=axes[r, : len(idx)],
             )  # fmt: skip
             for ax in axes[r, : len(idx)]:
                 ax.set_ylabel("")

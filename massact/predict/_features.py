@@ -51,6 +51,8 @@ MEANINGS: dict[str, str] = {
 MODELS: tuple[str, ...] = ("Ridge", "Lasso", "RandomForest", "GradientBoosting", "XGBoost")
 TREES: tuple[str, ...] = ("RandomForest", "GradientBoosting", "XGBoost")
 SPLITS: tuple[str, ...] = ("random_split", "model_split")
+# Predictor.best of a parameter with too few usable curves to learn from (no model: NaN)
+NOT_PREDICTED = "not predicted"
 _NEEDED = ("layer", "L", "d", "H", "d_ff")
 
 

@@ -55,6 +55,8 @@ class Predictor:
     settings (JSON), n_train, n_test. `table(split, metric)` pivots it to param x model.
     splits: {"random_split": (train, test)} row indices into X (usable curves);
     model_folds: the model split's GroupKFold (train, test) folds, also indices into X.
+    usable: [n_used, 5] bool (None: all True): the rows of X each parameter learned from (a
+    degenerate fit can fix K alone); a parameter with best == NOT_PREDICTED has no model.
     """
 
     features: list[str]
@@ -67,6 +69,7 @@ class Predictor:
     model_folds: list = field(default_factory=list)  # [(train, test)] GroupKFold over models
     X: pd.DataFrame | None = None  # [n_used, n_features] training features (for SHAP, PDP)
     keys: pd.DataFrame | None = None  # model, layer, group of each usable curve
+    usable: pd.DataFrame | None = None  # [n_used, 5] bool per parameter; None: every row
     transforms: dict = field(default_factory=dict)
     models: dict = field(default_factory=dict)
     best: dict = field(default_factory=dict)
@@ -122,6 +125,9 @@ class Predictor:
         out = rows.copy()
         out["l/L"] = F["l/L"].to_numpy()
         for p in PARAM_NAMES:
+            if p not in self.models:  # NOT_PREDICTED: too few usable curves to learn from
+                out[p] = np.nan
+                continue
             out[p] = self.transforms[p].inverse(self.models[p].predict(X))
         out["steady_state"] = out["K"]
         tp = t_peak(out["lam"], out["gamma"], out["t0"])
@@ -236,6 +242,13 @@ class Predictor:
                 parts.append(f"### {head[split]}\n\nnot run: {why}\n")
                 continue
             n = f"(train {t.n_train.iloc[0]}, test {t.n_test.iloc[0]} curves)"
+            if t[["n_train", "n_test"]].drop_duplicates().shape[0] > 1:  # per parameter
+                counts = t.groupby("param", sort=False)[["n_train", "n_test"]].first()
+                n = (
+                    "(train/test curves: "
+                    + ", ".join(f"{p} {a}/{b}" for p, (a, b) in counts.iterrows())
+                    + ")"
+                )
             parts.append(f"### {head[split]} {n}\n")
             kinds = t.groupby("param")["transform"].first()
             for metric, label, best in (("r2", "test R^2", max), ("mae", "test MAE", min),
@@ -252,6 +265,7 @@ class Predictor:
         sel = ", ".join(f"{p}: {m}" for p, m in self.best.items())
         parts.append(f"Kept per parameter (best out-of-fold R^2, {self.selection_split}): {sel}.\n")
         parts.append(f"Curves: {self.exclusions_text()}.\n")
+        parts.extend(f"- {n}" for n in self.notes if "not predicted" in n)
         return "\n".join(parts)
 
     def exclusions_text(self) -> str:
@@ -263,7 +277,15 @@ class Predictor:
                  "non_finite_features": "non-finite features"}  # fmt: skip
         left = [f"{int(exc[k])} {w}" for k, w in words.items() if exc.get(k)]
         text = f"trained on {int(exc.get('used', 0))} of {int(exc.get('total', 0))} curves"
-        return text + (f" (left out: {', '.join(left)})" if left else "")
+        text += f" (left out: {', '.join(left)})" if left else ""
+        per = exc.get("per_param")
+        if per:  # some curves trained only some parameters (degenerate fits that fix K)
+            counts = ", ".join(f"{p} {int(c)}" for p, c in per.items())
+            text += (
+                f"; curves per parameter: {counts} ({int(exc.get('partial_degenerate', 0))} "
+                "degenerate fits contribute K alone, where its standard error is small)"
+            )
+        return text
 
     # ---------- persistence ----------
     def save(self, path) -> Path:

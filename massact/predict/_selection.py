@@ -3,7 +3,9 @@
 Choices, documented once:
 
 - Excluded: curves with ok == False, degenerate original parameters (FitResult.degenerate) or a
-  non-finite parameter (counted in `Predictor.exclusions`).
+  non-finite parameter (counted in `Predictor.exclusions`). Per parameter: a degenerate fit can
+  still fix K (`FitResult.usable`), so each parameter learns from its own usable curves; the
+  splits are drawn once over every usable curve and restricted to each parameter's curves.
 - Transforms (`_features`) are fitted on the training part of each split; R^2, MAE and RMSE are in
   that transformed, standardised space (as the paper's R^2).
 - Splits: "random_split" = 80/20 over curves, settings chosen by 5-fold CV inside the 80 (the
@@ -33,6 +35,7 @@ from ..curves import PARAM_NAMES
 from ._features import (
     DERIVED,
     MODELS,
+    NOT_PREDICTED,
     RAW,
     SPLITS,
     TREES,
@@ -44,6 +47,8 @@ from ._features import (
 )
 from ._predictor import Predictor
 from ._store import PREDICTOR_FILE
+
+MIN_CURVES = 10  # a parameter learns from at least this many curves
 
 
 def _candidates(seed: int) -> dict[str, tuple[object, dict]]:
@@ -155,6 +160,7 @@ def train_predictors(
     ok: np.ndarray,
     *,
     degenerate: np.ndarray | None = None,
+    usable: np.ndarray | None = None,
     seed: int = 0,
     out=None,
 ) -> Predictor:
@@ -164,23 +170,31 @@ def train_predictors(
     params: [N, 5] (A, lam, gamma, t0, K); ok: [N] bool (FitResult.ok()).
     degenerate: [N] bool (FitResult.degenerate): fitted curves whose original parameters are
       ill-determined (A ~ 1e60+ when lam*t0 is large); excluded and counted separately.
+    usable: [N, 5] bool (FitResult.usable()): which parameters of each curve to learn from
+      (default: all five of every curve not degenerate). Each parameter trains on its own
+      curves; one with fewer than MIN_CURVES is not predicted (NaN, with a note).
     out: a folder; if given, the predictor (predictor.zip + .json) and tables are written there,
       each file atomically (a kill or a full disk leaves the last good copy).
     """
     params = np.asarray(params, np.float64)
     ok = _flags(ok, "ok")
-    degenerate = (
-        np.zeros(len(params), bool) if degenerate is None else _flags(degenerate, "degenerate")
-    )
+    n = len(params)
+    degenerate = np.zeros(n, bool) if degenerate is None else _flags(degenerate, "degenerate")
     if not isinstance(keys, pd.DataFrame):
         raise TypeError(f"keys must be a pandas DataFrame, got {type(keys).__name__}")
     if params.ndim != 2 or params.shape[1] != 5:
         raise ValueError(f"params must be [N, 5] (A, lam, gamma, t0, K), got {params.shape}")
-    if len(keys) != len(params) or ok.shape != (len(params),) or degenerate.shape != ok.shape:
+    if len(keys) != n or ok.shape != (n,) or degenerate.shape != ok.shape:
         raise ValueError(
-            f"keys ({len(keys)}), params ({len(params)}), ok {ok.shape} and degenerate "
+            f"keys ({len(keys)}), params ({n}), ok {ok.shape} and degenerate "
             f"{degenerate.shape} disagree"
         )
+    if usable is None:  # a curve learns every parameter or none
+        whole = ~degenerate & np.isfinite(params).all(1)
+        usable = np.repeat(whole[:, None], 5, 1)
+    usable = _flags(usable, "usable")
+    if usable.shape != params.shape:
+        raise ValueError(f"usable must be [N, 5] like params {params.shape}, got {usable.shape}")
     if "model" not in keys.columns:
         raise ValueError("keys needs a 'model' column (to group the layers of one model)")
     keys = keys.reset_index(drop=True)
@@ -191,56 +205,61 @@ def train_predictors(
         if c in feats and not np.isfinite(feats[c]).all():
             feats = feats.drop(columns=c)
             notes.append(f"{c} is missing for some curves: not used as a feature")
-    finite = np.isfinite(params).all(1)
     feat_ok = np.isfinite(feats.to_numpy()).all(1)
-    good = ok & ~degenerate
-    use = good & finite & feat_ok
-    exclusions = {
-        "total": int(len(params)), "fit_failed": int((~ok).sum()),
-        "degenerate_params": int((ok & degenerate).sum()),
-        "non_finite_params": int((good & ~finite).sum()),
-        "non_finite_features": int((good & finite & ~feat_ok).sum()), "used": int(use.sum()),
-    }  # fmt: skip
-    if use.sum() < 10:
-        raise ValueError(f"only {int(use.sum())} usable curves, need >= 10: {exclusions}")
+    U, exclusions = _usable_rows(params, ok, degenerate, usable, feat_ok)
+    use = U.any(1)
+    if use.sum() < MIN_CURVES:
+        raise ValueError(f"only {int(use.sum())} usable curves, need >= {MIN_CURVES}: {exclusions}")
     kf = feats[use].reset_index(drop=True)
     # raw columns only where they vary: a constant one carries no information
     features = DERIVED + [c for c in RAW if c in kf and kf[c].nunique() > 1]
-    X, P = kf[features].to_numpy(np.float64), params[use]
+    X, P, U = kf[features].to_numpy(np.float64), params[use], U[use]
     k = keys[use].reset_index(drop=True)
     suite = k["suite"].astype(str) + "/" if "suite" in k else ""
     groups = (suite + k["model"].astype(str)).to_numpy()
-    kinds = {p: transform_kind(p, P[:, j]) for j, p in enumerate(PARAM_NAMES)}
+    kinds = {p: transform_kind(p, P[U[:, j], j]) for j, p in enumerate(PARAM_NAMES)}
     cands = _candidates(seed)
-    tr, te, folds = random_split(len(X), seed)
+    split = random_split(len(X), seed)
     mfolds = model_folds(groups)
     if not mfolds:
         notes.append(f"model_split not run: {len(set(groups))} model(s), need >= 3")
-    rows, chosen = [], {}
+    rows, chosen, skipped = [], {}, set()
     for j, p in enumerate(PARAM_NAMES):
-        y = P[:, j]
+        rows_p = U[:, j]
+        Xp, y = X[rows_p], P[rows_p, j]
+        if rows_p.sum() < MIN_CURVES:
+            skipped.add(p)
+            notes.append(
+                f"{p} is not predicted: {int(rows_p.sum())} curves with a usable value "
+                f"(needs >= {MIN_CURVES})"
+            )
+            continue
         if np.ptp(y) == 0:
             notes.append(f"{p} is constant ({y[0]:g}) over all curves: predicted as that constant")
             continue
-        tt = TargetTransform(kinds[p]).fit(y[tr])
-        ztr, zte = tt.transform(y[tr]), tt.transform(y[te])
+        tr, te, folds = _restrict_split(split, rows_p, seed)
+        ztr_te = TargetTransform(kinds[p]).fit(y[tr])
+        ztr, zte = ztr_te.transform(y[tr]), ztr_te.transform(y[te])
+        mfolds_p = mfolds and model_folds(groups[rows_p])
         for name, (est, grid) in cands.items():
-            if grid or not mfolds:
-                cv, g, _ = _oof(est, grid, X[tr], ztr, folds)
+            if grid or not mfolds_p:
+                cv, g, _ = _oof(est, grid, Xp[tr], ztr, folds)
             else:  # nothing to choose here, and selection happens on the model split
                 cv, g = np.nan, {}
-            m = _metrics(zte, _fit(est, g, X[tr], ztr).predict(X[te]))
+            m = _metrics(zte, _fit(est, g, Xp[tr], ztr).predict(Xp[te]))
             chosen["random_split", p, name] = (cv, g)
             rows.append(("random_split", p, kinds[p], name, m, cv, g, len(tr), len(te)))
-        if mfolds:
+        if mfolds_p:
             # out-of-model predictions for every curve; one transform for the pooled metric space
             z = TargetTransform(kinds[p]).fit(y).transform(y)
-            n_tr = int(np.mean([len(a) for a, _ in mfolds]))
+            n_tr = int(np.mean([len(a) for a, _ in mfolds_p]))
             for name, (est, grid) in cands.items():
-                cv, g, pred = _oof(est, grid, X, z, mfolds)
+                cv, g, pred = _oof(est, grid, Xp, z, mfolds_p)
                 chosen["model_split", p, name] = (cv, g)
                 m = _metrics(z, pred)
                 rows.append(("model_split", p, kinds[p], name, m, cv, g, n_tr, len(z)))
+        elif mfolds:
+            notes.append(f"model_split not run for {p}: its usable curves span < 3 models")
     cols = ["param", "transform", "model", "r2", "mae", "rmse", "cv_r2", "settings", "n_train"]
     tables = {
         s: pd.DataFrame(
@@ -253,26 +272,33 @@ def train_predictors(
     sel = "model_split" if mfolds else "random_split"
     pred = Predictor(
         features=features, seed=seed, exclusions=exclusions, notes=notes, selection_split=sel,
-        tables=tables, splits={"random_split": (tr, te)},
+        tables=tables, splits={"random_split": split[:2]},
         model_folds=mfolds or [], X=pd.DataFrame(X, columns=features),
         keys=k[["model", "layer"]].assign(group=groups),
+        usable=None if U.all() else pd.DataFrame(U, columns=list(PARAM_NAMES)),
         ranges=training_ranges(range_columns(keys[use], every[use])),
     )  # fmt: skip
     for j, p in enumerate(PARAM_NAMES):
-        pred.transforms[p] = TargetTransform(kinds[p]).fit(P[:, j])
-        z = pred.transforms[p].transform(P[:, j])
-        if (sel, p, MODELS[0]) not in chosen:  # constant parameter
+        rows_p = U[:, j]
+        y = P[rows_p, j] if rows_p.any() else np.zeros(1)  # a transform for every parameter
+        pred.transforms[p] = TargetTransform(kinds[p]).fit(y)
+        if p in skipped:
+            pred.best[p] = NOT_PREDICTED
+            continue
+        Xp, z = X[rows_p], pred.transforms[p].transform(y)
+        s_p = sel if (sel, p, MODELS[0]) in chosen else "random_split"
+        if (s_p, p, MODELS[0]) not in chosen:  # constant parameter
             from sklearn.dummy import DummyRegressor
 
-            pred.models[p], pred.best[p] = DummyRegressor().fit(X, z), "constant"
+            pred.models[p], pred.best[p] = DummyRegressor().fit(Xp, z), "constant"
             continue
-        score = {m: chosen[sel, p, m][0] for m in MODELS}
+        score = {m: chosen[s_p, p, m][0] for m in MODELS}
         best = max(MODELS, key=score.get)
         tree = max(TREES, key=score.get)
         pred.best[p], pred.best_tree[p] = best, tree
-        pred.models[p] = _fit(cands[best][0], chosen[sel, p, best][1], X, z)
+        pred.models[p] = _fit(cands[best][0], chosen[s_p, p, best][1], Xp, z)
         pred.tree_models[p] = (
-            pred.models[p] if tree == best else _fit(cands[tree][0], chosen[sel, p, tree][1], X, z)
+            pred.models[p] if tree == best else _fit(cands[tree][0], chosen[s_p, p, tree][1], Xp, z)
         )
     if out is not None:
         from ..dataset import atomic_write_bytes
@@ -283,6 +309,42 @@ def train_predictors(
             atomic_write_bytes(out / f"prediction_{s}.csv", t.to_csv(index=False).encode())
         atomic_write_bytes(out / "prediction_tables.md", pred.markdown().encode())
     return pred
+
+
+def _usable_rows(params, ok, degenerate, usable, feat_ok) -> tuple[np.ndarray, dict]:
+    """[N, 5] bool: the curves each parameter learns from; and the counts of curves left out
+    entirely, by reason, with the curves per parameter ("per_param")."""
+    kept = ok[:, None] & usable & np.isfinite(params)
+    any_kept = kept.any(1)
+    U = kept & feat_ok[:, None]
+    exclusions = {
+        "total": int(len(params)), "fit_failed": int((~ok).sum()),
+        "degenerate_params": int((ok & ~any_kept & degenerate).sum()),
+        "non_finite_params": int((ok & ~any_kept & ~degenerate).sum()),
+        "non_finite_features": int((any_kept & ~feat_ok).sum()), "used": int(U.any(1).sum()),
+    }  # fmt: skip
+    if not U.all(1)[U.any(1)].all():  # some curves train only some parameters
+        exclusions["per_param"] = {p: int(U[:, j].sum()) for j, p in enumerate(PARAM_NAMES)}
+        exclusions["partial_degenerate"] = int((U.any(1) & degenerate).sum())
+    return U, exclusions
+
+
+def _restrict_split(split, rows: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, list]:
+    """The random split (train, test, CV folds inside train) over the curves in `rows` (bool
+    over X): the union split's own train and test curves among them, renumbered; the CV folds
+    redrawn over their train part (the same as the union's when `rows` is every curve); a
+    split of their own where fewer than 5 train or 2 test curves would be left."""
+    from sklearn.model_selection import KFold
+
+    tr, te, folds = split
+    if rows.all():
+        return tr, te, folds
+    pos = np.cumsum(rows) - 1  # index among the chosen curves
+    tr, te = pos[tr[rows[tr]]], pos[te[rows[te]]]
+    if len(tr) < 5 or len(te) < 2:  # too few of them fell on one side: a split of their own
+        return random_split(int(rows.sum()), seed)
+    folds = list(KFold(min(5, len(tr)), shuffle=True, random_state=seed).split(tr))
+    return tr, te, folds
 
 
 def _flags(values, name: str) -> np.ndarray:

@@ -11,6 +11,7 @@ models/<param>.skops     scikit-learn models in skops' secure format (only the t
 models/<param>.xgb.json  XGBoost models in XGBoost's own JSON model format
 tree_models/<param>.*    the best tree model per parameter (SHAP, PDP) where it is not the model
 tables/<split>.parquet   the predictor tables; X.parquet, keys.parquet: training features, keys
+usable.parquet           which rows of X each parameter learned from (absent: every row)
 ```
 and `<name>.json` beside it repeats the metadata for people (never read back).
 
@@ -33,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from ..curves import PARAM_NAMES
-from ._features import SPLITS, TargetTransform
+from ._features import NOT_PREDICTED, SPLITS, TargetTransform
 
 FORMAT, VERSION = "massact.Predictor", 2
 PREDICTOR_FILE = "predictor.zip"
@@ -114,6 +115,8 @@ def to_bytes(pred: Any) -> bytes:
         members["X.parquet"] = _parquet(pred.X)
     if pred.keys is not None:
         members["keys.parquet"] = _parquet(pred.keys)
+    if getattr(pred, "usable", None) is not None:
+        members["usable.parquet"] = _parquet(pred.usable)
     meta = {
         "format": FORMAT, "version": VERSION, "features": list(pred.features),
         "seed": int(pred.seed), "exclusions": pred.exclusions, "notes": list(pred.notes),
@@ -168,7 +171,8 @@ def write(pred: Any, path: str | Path) -> Path:
 
 # --------------------------------------------------------------------------- reading
 def _allowed_members() -> set[str]:
-    names = {_META, "X.parquet", "keys.parquet", *(f"tables/{s}.parquet" for s in SPLITS)}
+    names = {_META, "X.parquet", "keys.parquet", "usable.parquet"}
+    names |= {f"tables/{s}.parquet" for s in SPLITS}
     for group in ("models", "tree_models"):
         for p in PARAM_NAMES:
             names |= {f"{group}/{p}.skops", f"{group}/{p}.xgb.json"}
@@ -291,6 +295,10 @@ def _fields(meta: Any, members: set[str], read) -> dict[str, Any]:
     _check(len(X) > 0 and all(X[c].dtype == np.float64 for c in X), "X must be float rows")
     keys = frame("keys.parquet")
     _check({"model", "layer"} <= set(keys.columns) and len(keys) == len(X), "keys")
+    usable = None  # absent: every row trained every parameter
+    if "usable.parquet" in members:
+        usable = frame("usable.parquet", PARAM_NAMES)
+        _check(len(usable) == len(X) and all(usable[c].dtype == bool for c in usable), "usable")
     tables = {}
     for s in SPLITS:
         if f"tables/{s}.parquet" in members:
@@ -326,12 +334,14 @@ def _fields(meta: Any, members: set[str], read) -> dict[str, Any]:
             n_in = getattr(m, "n_features_in_", len(features))
             _check(n_in == len(features), f"{name} takes {n_in} features, not {len(features)}")
             groups[group][p] = m
-    _check(set(groups["models"]) == set(PARAM_NAMES), "a model per parameter")
+    unlearned = {p for p in PARAM_NAMES if best.get(p) == NOT_PREDICTED}
+    _check(set(groups["models"]) == set(PARAM_NAMES) - unlearned, "a model per parameter")
     ranges = _read_ranges(meta.get("ranges", {}))  # absent in files saved before: from X
     return {
         "features": features, "seed": meta["seed"], "exclusions": meta["exclusions"],
         "notes": meta["notes"], "selection_split": meta["selection_split"], "tables": tables,
-        "splits": splits, "model_folds": folds, "X": X, "keys": keys, "transforms": transforms,
+        "splits": splits, "model_folds": folds, "X": X, "keys": keys, "usable": usable,
+        "transforms": transforms,
         "models": groups["models"], "best": best, "tree_models": groups["tree_models"],
         "best_tree": best_tree, "ranges": ranges,
     }  # fmt: skip

@@ -369,7 +369,9 @@ def write_report(
             f"{int(_figures.fitted(fit).sum())} of {len(fit.r2)} curves fitted, "
             f"{int((fit.ok() & ~fit.degenerate).sum())} with usable Eq. 9 parameters "
             f"(used for prediction; {int(fit.degenerate.sum())} degenerate: the curve is fitted "
-            "but A, lam, gamma, t0 are ill-determined) "
+            "but A, lam, gamma, t0 are ill-determined; of these, "
+            f"{int((fit.usable()[:, -1] & fit.degenerate).sum())} fix K, the level the curve "
+            "settles at, and train its predictor) "
             f"(status counts: {status}); "
             f"compile {fit.compile_seconds:.2f} s, run {fit.run_seconds:.2f} s."
         )
