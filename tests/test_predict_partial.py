@@ -152,3 +152,32 @@ def test_bad_usable_is_refused():
         train_predictors(keys, params, ok, usable=usable[:, :4])
     with pytest.raises(ValueError, match="usable must be a boolean array"):
         train_predictors(keys, params, ok, usable=usable.astype(int))
+
+
+def test_report_of_a_predictor_without_some_parameters(tmp_path):
+    """The real report writer with a predictor that learnt K from every curve and lam from too
+    few: Table 3 holds K, not lam; the notes say why; the SHAP figure is drawn."""
+    from test_report import build_dataset
+
+    from massact import dataset as _dataset
+    from massact.report import _document, base_provenance
+
+    archs = {f"m{i}": (L, d, H, 4 * d, 10**5) for i, (L, d, H) in enumerate(
+        [(3, 32, 2), (4, 64, 4), (6, 64, 2), (5, 96, 4), (8, 128, 4)])}  # fmt: skip
+    build_dataset(tmp_path / "dataset", archs=archs)
+    ds = _dataset.load_dataset(tmp_path / "dataset")
+    traj = _dataset.load_trajectories(ds)
+    fit = fit_trajectories(traj.t, traj.y, traj.mask)
+    usable = fit.usable()
+    assert usable[:, K].sum() >= 12
+    usable[np.flatnonzero(usable[:, 1])[5:], 1] = False  # lam: 5 curves
+    pred = train_predictors(
+        traj.keys, fit.params, fit.ok(), degenerate=fit.degenerate, usable=usable, seed=0
+    )
+    _document.write_report(tmp_path, ds, traj, fit, None, pred, base_provenance(seed=0))
+    text = (tmp_path / "report.md").read_text()
+    assert "lam is not predicted: 5 curves" in text
+    table3 = (tmp_path / "tables" / "table3_random_split_r2.csv").read_text().splitlines()
+    params = {line.split(",")[0] for line in table3[1:]}
+    assert "K" in params and "lam" not in params
+    assert (tmp_path / "figures" / "shap_beeswarm.png").exists()
