@@ -1,7 +1,7 @@
 """`python -m massact.run`: the whole pipeline, extract -> fit -> hypotheses -> predict -> report.
 
     python -m massact.run --fast                         # offline mini-suite, < 5 min on 2 cores
-    python -m massact.run --preset standard              # 12 models for prediction, ~30 min
+    python -m massact.run --preset standard              # 12 models for prediction, 30-50 min
     python -m massact.run --source archive PATH          # the paper's released statistics
     python -m massact.run --source pythia --models 14m,70m --steps paper --text corpus.txt
     python -m massact.run --source hf --repo allenai/OLMo-2-0425-1B --revisions every:10 \

@@ -244,7 +244,7 @@ def train_mini_suite(
     """Train the mini-suite `preset` and write its trajectories to the dataset at `out`.
 
     preset: "tiny" (seconds, for tests), "fast" (~4 minutes on a 2-core CPU), "standard"
-    (12 models, ~30 minutes there), "full" (16 larger models, minutes on a GPU), or a list of
+    (12 models, 30-50 minutes there), "full" (16 larger models, minutes on a GPU), or a list of
     MiniArch. corpus: None for the Python
     standard library source, a text file or folder, or bytes. device: default CUDA when
     available, else CPU. progress: rich progress bars; None = only when stderr is a terminal.
