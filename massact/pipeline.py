@@ -372,8 +372,9 @@ def predict_stage(traj, fit, notes: list[str], *, seed: int, out: Path):
     """
     from .predict import train_predictors
 
-    # curves with a usable parameter: all five, or K alone where a degenerate fit fixes it
-    ok = fit.usable().any(1)
+    # per curve and parameter: all five, or K alone where a degenerate fit fixes it
+    usable = fit.usable()
+    ok = usable.any(1)
     if traj.keys["model"].nunique() < 2:
         notes.append("prediction stage skipped: needs at least two architectures")
         say(notes[-1])
@@ -390,7 +391,7 @@ def predict_stage(traj, fit, notes: list[str], *, seed: int, out: Path):
         fit.params,
         fit.ok(),
         degenerate=fit.degenerate,
-        usable=fit.usable(),
+        usable=usable,
         seed=seed,
         out=out / "predictor",
     )

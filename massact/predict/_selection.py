@@ -97,12 +97,18 @@ def _candidates(seed: int) -> dict[str, tuple[object, dict]]:
 
 def random_split(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list]:
     """80/20 split over curves, and 5-fold CV folds inside the 80 (indices into the train part)."""
-    from sklearn.model_selection import KFold, train_test_split
+    from sklearn.model_selection import train_test_split
 
     tr, te = train_test_split(np.arange(n), test_size=0.2, random_state=seed)
     tr = np.sort(tr)
-    folds = list(KFold(min(5, len(tr)), shuffle=True, random_state=seed).split(tr))
-    return tr, np.sort(te), folds
+    return tr, np.sort(te), _cv_folds(tr, seed)
+
+
+def _cv_folds(train: np.ndarray, seed: int) -> list:
+    """5-fold CV (fewer with fewer curves) inside a training part: indices into `train`."""
+    from sklearn.model_selection import KFold
+
+    return list(KFold(min(5, len(train)), shuffle=True, random_state=seed).split(train))
 
 
 def model_folds(groups: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]] | None:
@@ -238,8 +244,8 @@ def train_predictors(
             notes.append(f"{p} is constant ({y[0]:g}) over all curves: predicted as that constant")
             continue
         tr, te, folds = _restrict_split(split, rows_p, seed)
-        ztr_te = TargetTransform(kinds[p]).fit(y[tr])
-        ztr, zte = ztr_te.transform(y[tr]), ztr_te.transform(y[te])
+        tt = TargetTransform(kinds[p]).fit(y[tr])
+        ztr, zte = tt.transform(y[tr]), tt.transform(y[te])
         mfolds_p = mfolds and model_folds(groups[rows_p])
         for name, (est, grid) in cands.items():
             if grid or not mfolds_p:
@@ -334,8 +340,6 @@ def _restrict_split(split, rows: np.ndarray, seed: int) -> tuple[np.ndarray, np.
     over X): the union split's own train and test curves among them, renumbered; the CV folds
     redrawn over their train part (the same as the union's when `rows` is every curve); a
     split of their own where fewer than 5 train or 2 test curves would be left."""
-    from sklearn.model_selection import KFold
-
     tr, te, folds = split
     if rows.all():
         return tr, te, folds
@@ -343,8 +347,7 @@ def _restrict_split(split, rows: np.ndarray, seed: int) -> tuple[np.ndarray, np.
     tr, te = pos[tr[rows[tr]]], pos[te[rows[te]]]
     if len(tr) < 5 or len(te) < 2:  # too few of them fell on one side: a split of their own
         return random_split(int(rows.sum()), seed)
-    folds = list(KFold(min(5, len(tr)), shuffle=True, random_state=seed).split(tr))
-    return tr, te, folds
+    return tr, te, _cv_folds(tr, seed)
 
 
 def _flags(values, name: str) -> np.ndarray:
