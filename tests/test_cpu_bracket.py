@@ -1,9 +1,10 @@
-"""The CPU path's median search for 16-bit patterns (`_cpu_path._search_median`): adversarial
-slices for its sample bracket, each bit-identical to the oracle, and which path each one took.
+"""The CPU path's median search (`_cpu_search.search_median`): adversarial slices for its
+sample bracket, each bit-identical to the oracle, and which path each one took; the choice
+between the search and numpy's partition (`_cpu_path._method`).
 
 The search counts values against thresholds taken from a fixed random sample of the slice; it
 must stay exact when the sample misleads it (ties, skewed layouts, a sample that sees only
-large values), and the tests see through `_cpu_path._trace` that the bracket, its misses, the
+large values), and the tests see through `_cpu_search._trace` that the bracket, its misses, the
 gather of the bracket's values and the fallback to the full partition each ran.
 Slices hold more values than the sample (n > _SAMPLE), so the sample is a real subset.
 """
@@ -16,22 +17,27 @@ import torch
 from _cases import DTYPE_IDS, DTYPES, assert_stats_equal
 
 from massact import layer_stats, reference_layer_stats
-from massact.stats import _cpu_path
+from massact.stats import _cpu_path, _cpu_search
 from massact.stats._patterns import median_rank
 
 SLICE = (160, 128)  # n = 20480 > _SAMPLE: the sample (drawn with replacement) sees about half
 WIDE = (512, 256)  # n = 131072: the sample sees about one value in eight
-assert _cpu_path._SAMPLE < SLICE[0] * SLICE[1]
+assert _cpu_search._SAMPLE < SLICE[0] * SLICE[1]
 
 
 @pytest.fixture
 def trace(monkeypatch) -> list[str]:
-    """The search's steps; the search on for 16-bit patterns whatever the CPU (with AVX512-ICL
-    the path would take numpy's SIMD partition instead)."""
+    """The search's steps; the search on for every pattern width, whichever method this
+    machine's timing would choose."""
     events: list[str] = []
-    monkeypatch.setattr(_cpu_path, "_trace", events)
-    monkeypatch.setattr(_cpu_path, "_SEARCH_16", True)
+    monkeypatch.setattr(_cpu_search, "_trace", events)
+    use_method(monkeypatch, "search")
     return events
+
+
+def use_method(monkeypatch, method: str) -> None:
+    for width in (2, 4):
+        monkeypatch.setitem(_cpu_path._median_method, width, method)
 
 
 def adversarial(kind: str) -> torch.Tensor:
@@ -102,15 +108,17 @@ def test_adversarial_slices_match_the_oracle(kind, dtype, mask_kind, trace):
     mask = masks()[mask_kind]
     got = layer_stats(h, 3, mask=mask, backend="torch")
     assert_stats_equal(got, reference_layer_stats(h, 3, mask=mask))
-    # 16-bit patterns take the search, once per slice; 32-bit ones the SIMD partition
-    assert trace.count("search") == (2 if dtype != torch.float32 else 0)
+    assert trace.count("search") == 2  # once per slice
     assert "fallback" not in trace
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-def test_plain_slices_hit_the_first_bracket(dtype, trace):
+@pytest.mark.parametrize("chunk", [_cpu_search._CHUNK, 3000], ids=["one_chunk", "chunks"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_plain_slices_hit_the_first_bracket(dtype, chunk, trace, monkeypatch):
     """Random data: the sample's bracket holds the rank and the first pass, which counted it
-    and gathered the values in it, settles the median: no miss, no further pass."""
+    and gathered the values in it (the slice in one chunk, or in chunks of 11 rows and a
+    shorter last one), settles the median: no miss, no further pass."""
+    monkeypatch.setattr(_cpu_search, "_CHUNK", chunk)
     h = torch.randn(2, *WIDE, generator=torch.Generator().manual_seed(3)).to(dtype)
     assert_stats_equal(layer_stats(h, 3, backend="torch"), reference_layer_stats(h, 3))
     assert trace == ["search", "gather"] * 2
@@ -120,12 +128,12 @@ def sample_biased(side: str, dtype: torch.dtype) -> torch.Tensor:
     """[S, d] random slice whose sampled positions hold 1000 (side "low": the sample places
     the median far above the true one) or 0 (side "high": far below)."""
     h = torch.randn(WIDE, generator=torch.Generator().manual_seed(4))
-    pos = torch.from_numpy(_cpu_path._sample_positions(h.numel()).copy())
+    pos = torch.from_numpy(_cpu_search._sample_positions(h.numel()).copy())
     h.view(-1)[pos] = 1000.0 if side == "low" else 0.0
     return h.to(dtype)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("side", ["low", "high"])
 def test_a_missed_bracket_stays_exact(side, dtype, trace):
     h = sample_biased(side, dtype)
@@ -134,17 +142,18 @@ def test_a_missed_bracket_stays_exact(side, dtype, trace):
 
 
 def test_the_fallback_partition_after_max_passes(monkeypatch, trace):
-    monkeypatch.setattr(_cpu_path, "_MAX_PASSES", 1)
+    monkeypatch.setattr(_cpu_search, "_MAX_PASSES", 1)
     h = sample_biased("low", torch.bfloat16)
     assert_stats_equal(layer_stats(h, 3, backend="torch"), reference_layer_stats(h, 3))
     assert trace[-1] == "fallback" and trace.count("pass") == 1
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("search", [False, True], ids=["partition", "search"])
-def test_both_medians_of_16_bit_patterns(search, monkeypatch, trace):
-    """numpy's partition (taken with SIMD 16-bit selection) and the search agree."""
-    monkeypatch.setattr(_cpu_path, "_SEARCH_16", search)
-    h = adversarial("by_token").to(torch.bfloat16)
+def test_both_medians(search, dtype, monkeypatch, trace):
+    """numpy's partition and the search agree."""
+    use_method(monkeypatch, "search" if search else "partition")
+    h = adversarial("by_token").to(dtype)
     mask = masks()["random"]
     got = layer_stats(h, 3, mask=mask, backend="torch")
     assert_stats_equal(got, reference_layer_stats(h, 3, mask=mask))
@@ -160,7 +169,7 @@ def search(line: np.ndarray) -> int:
     n_masked = int(np.count_nonzero(line < 0))
     rank = median_rank(n, n - n_masked)
     want = int(np.partition(line, rank)[rank])
-    got = _cpu_path._search_median(line.copy(), rank, n_masked, int(line.max()))
+    got = _cpu_search.search_median(line.copy(), rank, n_masked, int(line.max()))
     assert got == want, (got, want)
     return got
 
@@ -181,11 +190,11 @@ def edge_line(edge: str, dtype) -> np.ndarray:
     falls on the first or last value of the edge's pattern (one of them set to it)."""
     n = WIDE[0] * WIDE[1]
     rank = median_rank(n, n)
-    pos = np.unique(_cpu_path._sample_positions(n))
+    pos = np.unique(_cpu_search._sample_positions(n))
     line = np.zeros(n, dtype=dtype)
     line[pos] = 1000 + np.arange(pos.size) % 1000
-    s = np.sort(line[_cpu_path._sample_positions(n)].astype(np.int32))
-    lo, hi = _cpu_path._bracket(s, 0, 30000, 0, n, rank)  # the same with any b > 1999
+    s = np.sort(line[_cpu_search._sample_positions(n)].astype(np.int32))
+    lo, hi = _cpu_search._bracket(s, 0, 30000, 0, n, rank)  # the same with any b > 1999
     assert lo is not None and hi is not None
     pattern, place = EDGES[edge]
     target = pattern(lo, hi)
@@ -229,9 +238,9 @@ def test_gather_after_a_first_pass_without_its_block(trace):
     ordered = np.sort(line)
     lo, hi = int(ordered[rank - 100]) - 1, int(ordered[rank])  # the median: hi's pattern
     c_lo, c_hi = (int(np.count_nonzero(line <= p)) for p in (lo, hi))
-    s = np.sort(line[_cpu_path._sample_positions(n)].astype(np.int32))
-    first = _cpu_path._FirstPass(s, lo, hi, c_lo, c_hi, None)
-    got = _cpu_path._search_median(line.copy(), rank, 0, int(line.max()), first)
+    s = np.sort(line[_cpu_search._sample_positions(n)].astype(np.int32))
+    first = _cpu_search.FirstPass(s, lo, hi, c_lo, c_hi, None)
+    got = _cpu_search.search_median(line.copy(), rank, 0, int(line.max()), first)
     assert got == int(ordered[rank]) and trace == ["search", "gather"]
 
 
@@ -252,3 +261,36 @@ def test_search_on_integer_lines(dtype, trace):
     for line in lines:
         search(line.astype(dtype))
     assert trace.count("search") == len(lines) and "fallback" not in trace
+
+
+# ---- which method: timed once per pattern width, or fixed by $MASSACT_CPU_MEDIAN ------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_the_timed_choice_is_kept_per_width(dtype, monkeypatch):
+    monkeypatch.delenv("MASSACT_CPU_MEDIAN", raising=False)
+    width = 4 if dtype == torch.float32 else 2
+    monkeypatch.setitem(_cpu_path._median_method, width, None)
+    chosen = _cpu_path._method(dtype)
+    assert chosen in ("partition", "search") and _cpu_path._median_method[width] == chosen
+    h = torch.randn(2, *WIDE, generator=torch.Generator().manual_seed(8)).to(dtype)
+    assert_stats_equal(layer_stats(h, 3, backend="torch"), reference_layer_stats(h, 3))
+
+
+@pytest.mark.parametrize("method", ["partition", "search"])
+def test_the_environment_fixes_the_method(method, monkeypatch):
+    monkeypatch.setenv("MASSACT_CPU_MEDIAN", method)
+    monkeypatch.setitem(_cpu_path._median_method, 4, None)
+    events: list[str] = []
+    monkeypatch.setattr(_cpu_search, "_trace", events)
+    h = torch.randn(2, *WIDE, generator=torch.Generator().manual_seed(9))
+    assert_stats_equal(layer_stats(h, 3, backend="torch"), reference_layer_stats(h, 3))
+    assert _cpu_path._median_method[4] == method
+    assert events.count("search") == (2 if method == "search" else 0)
+
+
+def test_a_bad_method_in_the_environment_is_named(monkeypatch):
+    monkeypatch.setenv("MASSACT_CPU_MEDIAN", "quickselect")
+    monkeypatch.setitem(_cpu_path._median_method, 2, None)
+    with pytest.raises(ValueError, match="MASSACT_CPU_MEDIAN='quickselect': expected"):
+        layer_stats(torch.randn(2, *WIDE).to(torch.bfloat16), 3, backend="torch")
