@@ -230,6 +230,27 @@ def test_bad_metadata_is_named(tmp_path, saved):
         assert what
 
 
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        (lambda u: u.iloc[:-1], r"usable\.parquet has \d+ rows, X \d+$"),
+        (lambda u: u.astype({"K": "int64"}), r"usable\.parquet columns \['K'\] are not bool$"),
+        (lambda u: u.drop(columns="K"), r"usable\.parquet columns \['A'"),
+    ],
+    ids=["rows", "dtype", "columns"],
+)
+def test_a_damaged_usable_table_is_named(tmp_path, saved, table, message):
+    """usable.parquet (which rows each parameter learnt from) that does not fit X."""
+    usable = pd.DataFrame(True, index=range(len(saved[0].X)), columns=list(PARAM_NAMES))
+    buf = io.BytesIO()
+    table(usable).to_parquet(buf)
+    src = saved[1] / "predictor" / "predictor.zip"
+    bad = _rezip(src, tmp_path / "bad.zip", {"usable.parquet": buf.getvalue()})
+    with pytest.raises(PredictorFileError, match=message) as err:
+        Predictor.load(bad)
+    assert "\n" not in str(err.value)
+
+
 def test_save_refuses_a_pickle_name(tmp_path, saved):
     with pytest.raises(ValueError, match="without pickles"):
         saved[0].save(tmp_path / "predictor.joblib")

@@ -298,7 +298,9 @@ def _fields(meta: Any, members: set[str], read) -> dict[str, Any]:
     usable = None  # absent: every row trained every parameter
     if "usable.parquet" in members:
         usable = frame("usable.parquet", PARAM_NAMES)
-        _check(len(usable) == len(X) and all(usable[c].dtype == bool for c in usable), "usable")
+        _check(len(usable) == len(X), f"usable.parquet has {len(usable)} rows, X {len(X)}")
+        odd = [c for c in usable if usable[c].dtype != bool]
+        _check(not odd, f"usable.parquet columns {odd} are not bool")
     tables = {}
     for s in SPLITS:
         if f"tables/{s}.parquet" in members:
