@@ -20,17 +20,13 @@ from _checkpoints import VOCAB, save_checkpoint, write_corpus
 from _models import tiny_llama, tiny_neox
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, MixtralConfig
 
-import massact.sources._hf_suite as hf
+import massact.sources._hf_revisions as hf_revisions
 import massact.sources._pythia_checkpoints as ckpts
 from massact import run as massact_run
 from massact.dataset import load_dataset, task_done
 from massact.sources import SweepError, sweep_hf_suite
-from massact.sources._hf_suite import (
-    architecture_row,
-    n_params_of,
-    parse_step,
-    select_revisions,
-)
+from massact.sources._hf_revisions import parse_step, select_revisions
+from massact.sources._hf_task import architecture_row, n_params_of
 
 SEQ, NSEQ = 8, 3
 NEOX_REVS = {"step0": 0, "step1000": 1, "step2000": 2}  # revision -> weight seed
@@ -212,12 +208,12 @@ def test_online_planning_reads_metadata_without_downloading(monkeypatch):
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     monkeypatch.setattr(ckpts, "hub_offline", lambda: False)
-    monkeypatch.setattr(hf, "hub_offline", lambda: False)
+    monkeypatch.setattr(hf_revisions, "hub_offline", lambda: False)  # list_revisions reads it there
     ck = ckpts.hub_checkpoint("org/m", "m", 10, "step10", fetch=False)
     assert ck.folder is None and ck.commit == "f" * 40
     assert ck.weight_files == {"model.safetensors": sha} and ck.repo == "org/m"
     assert calls == [("org/m", "step10", True)]
-    assert hf.list_revisions("org/m") == ["main", "step0", "step10", "step20"]
+    assert hf_revisions.list_revisions("org/m") == ["main", "step0", "step10", "step20"]
 
 
 def test_weights_changed_since_planning_are_refused(suites):

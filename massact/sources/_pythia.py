@@ -15,10 +15,10 @@ step branches serve the weights of another step (EleutherAI/pythia issues 195, 2
 any weight file of two steps is identical, every such step but the highest is flagged
 `duplicate_of="step<highest>"` (the known bad branches serve the final model's weights).
 
-This module holds Pythia's schedules, names and layout; the generic sweep and the per-task
-probe live in massact.sources._hf_suite, the probe inputs in massact.sources._pythia_inputs and
-checkpoint resolution, loading and weight hashing in massact.sources._pythia_checkpoints (their
-names are re-exported here).
+This module holds Pythia's schedules, names and layout; the generic sweep lives in
+massact.sources._hf_suite, the per-task probe in massact.sources._hf_task, the probe inputs in
+massact.sources._pythia_inputs and checkpoint resolution, loading and weight hashing in
+massact.sources._pythia_checkpoints (their names are re-exported here).
 """
 
 from __future__ import annotations
@@ -35,16 +35,11 @@ import torch
 
 from ..dataset import write_task
 from ._engine import Engine, as_engine
-from ._hf_suite import (
-    CheckpointJob,
-    ModelPlan,
-    checkpoint_task,
-    every_kth,
-    rotary,
-    sweep_checkpoints,
-)
-from ._hf_suite import architecture_row as hf_architecture_row
-from ._hf_suite import extract_stats as extract_stats
+from ._hf_revisions import every_kth
+from ._hf_suite import ModelPlan, sweep_checkpoints
+from ._hf_task import CheckpointJob, checkpoint_task, rotary
+from ._hf_task import architecture_row as hf_architecture_row
+from ._hf_task import extract_stats as extract_stats
 from ._pythia_archs import FINAL_STEP as FINAL_STEP
 from ._pythia_archs import PAPER_MODELS as PAPER_MODELS
 from ._pythia_archs import PYTHIA_ARCHS as PYTHIA_ARCHS
