@@ -294,3 +294,19 @@ def test_a_bad_method_in_the_environment_is_named(monkeypatch):
     monkeypatch.setitem(_cpu_path._median_method, 2, None)
     with pytest.raises(ValueError, match="MASSACT_CPU_MEDIAN='quickselect': expected"):
         layer_stats(torch.randn(2, *WIDE).to(torch.bfloat16), 3, backend="torch")
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.int32])
+@pytest.mark.parametrize("spread", ["one", "few", "at_limit", "wide", "full"])
+def test_select_in_a_gathered_block(dtype, spread):
+    """_select (counting where the block spans few patterns, numpy's selection elsewhere)
+    against a sort, at every rank of small blocks and at sampled ranks of larger ones."""
+    rng = np.random.default_rng(7)
+    n = 3000
+    top = int(np.iinfo(dtype).max)
+    width = {"one": 1, "few": 7, "at_limit": 4 * n + 1025, "wide": 10**5, "full": top}[spread]
+    width = min(width, top)
+    block = (top - width + rng.integers(0, width, n)).astype(dtype)
+    ordered = np.sort(block)
+    for k in [0, 1, n // 2, n - 2, n - 1, *rng.integers(0, n, 20)]:
+        assert _cpu_search._select(block, int(k)) == int(ordered[k])

@@ -38,6 +38,7 @@ _CHUNK = 2**19  # values per chunk of the first pass: large, as each chunk costs
 # "fallback"; "pass" for each counting pass over a whole line); None otherwise
 _trace: list[str] | None = None
 
+_UNSIGNED = {np.dtype(np.int16): np.uint16, np.dtype(np.int32): np.uint32}  # differences >= 0
 _local = threading.local()  # .scratch, .rows: this thread's uint8 buffers
 _KEEP_BYTES = 64 * 2**20  # scratch kept per thread between calls; larger ones are freed
 
@@ -178,7 +179,13 @@ def first_pass(x, real, bits, sign_off, inf: int, rank: int, n_masked: int, flag
 
 
 def _select(block: np.ndarray, k: int) -> int:
-    """The k-th smallest of a block of patterns (as int32: numpy's SIMD selection)."""
+    """The k-th smallest (0-based) of a block of patterns: by counting where they span few
+    patterns (a 16-bit bracket spans a handful: 0.17 ms for 140K values, where numpy's
+    selection took 0.9), else numpy's selection (as int32)."""
+    lo, hi = int(block.min()), int(block.max())
+    if hi - lo <= 4 * block.size + 1024:
+        counts = np.cumsum(np.bincount((block - block.dtype.type(lo)).view(_UNSIGNED[block.dtype])))
+        return lo + int(np.searchsorted(counts, k, side="right"))
     return int(np.partition(block.astype(np.int32), k)[k])
 
 
