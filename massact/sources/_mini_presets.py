@@ -70,14 +70,15 @@ def _grid(shapes, **recipe) -> list[MiniArch]:
 SINK_RECIPE = dict(
     batch=8, seq_len=64, warmup=30, weight_decay=0.1, schedule="constant", text="repeat"
 )
-# fast: 4 models (17 layers) in parallel, one process per core; `make run` took 4 minutes on one
-# 2-core machine, 10.5 on an AVX2-only one (whose rounding also ended the ratios lower, 24-46)
+# fast: 4 models (17 layers) in parallel, one process per core; `make run` took 3.9-4.9 minutes
+# on 2-core AVX-512 machines (ratios 65/53/34/44, the same data on each), 10.5 on an AVX2-only
+# one (whose rounding also ended the ratios lower, 24-46); 4 processes on 2 cores: 5% slower
 _FAST = dict(steps=4500, lr=2e-2, n_regular=18, **SINK_RECIPE)
 # standard: 12 models for the prediction stage, H/d 1/32..1/8, d/L 8..64, MLP 2x..8x, cosine
-# decay over 9,000 steps: 49 minutes on the slower 2-core machine (the local engine uses every
-# core, Ray every worker). At 4,500 steps (16 models) the ratios were still rising at the last
-# step in 66 of 68 layers, so neither Eq. 9's peak nor its level K was fixed by the data; at
-# 9,000, 30 of 52 curves level off enough to fix K (L6-d64-H8-f2 and L8 in every layer)
+# decay over 9,000 steps: 27.6 minutes on a 2-core AVX-512 machine, 49 on the slower AVX2 one
+# (the local engine uses every core, Ray every worker). At 4,500 steps (16 models) the ratios
+# were still rising at the last step in 66 of 68 layers, so neither Eq. 9's peak nor its level
+# K was fixed by the data; at 9,000, 30-32 of 52 curves level off enough to fix K
 _STANDARD = dict(steps=9000, lr=2e-2, n_regular=18, **{**SINK_RECIPE, "schedule": "cosine"})
 MINI_PRESETS: dict[str, list[MiniArch]] = {
     "tiny": _grid(  # for tests: seconds; the sink recipe's options, too short to show sinks
