@@ -1,32 +1,30 @@
-"""Writing side of the dataset format (layout and schema: massact.dataset._load), and the one
-check of a task file that every reader and every resume goes through.
+"""The dataset format's names and columns, its manifest, the writing of tasks, architectures
+and notes, and the readers of the manifest, the architecture table and the notes (layout and
+schema: massact.dataset._load; the check of a task file: massact.dataset._validate).
 
-Writes are atomic (`atomic_write_bytes`: temporary file in the same folder, then `os.replace`;
-the file gets the usual permissions, 0o666 less the umask), and the manifest is
-read-modified-written under a file lock, so a sweep killed at any point leaves only complete
-task files. A task counts as done when its manifest entry exists and its file passes
-`read_task` (size and sha256 as recorded, then contents: columns and dtypes, model, step, rows,
-layers against the architecture table); anything else is redone on resume and skipped with a
-note at load. Task writing is a pure function of its inputs, so a distributed engine can run
-(model, step) tasks anywhere and merge.
+Writes are atomic and the manifest is read-modified-written under a file lock (both helpers in
+massact.dataset._atomic), so a sweep killed at any point leaves only complete task files. A
+task counts as done when its manifest entry exists and its file passes `read_task`; anything
+else is redone on resume and skipped with a note at load. Task writing is a pure function of
+its inputs, so a distributed engine can run (model, step) tasks anywhere and merge.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
 import math
 import os
 import re
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from ._atomic import _locked, atomic_write_bytes
 
 MANIFEST_VERSION = 1
 KEY_COLUMNS = ["suite", "model", "step", "layer", "sample"]
@@ -76,87 +74,6 @@ def task_key(model: str, step: int) -> str:
 def task_path(root: str | os.PathLike, model: str, step: int) -> Path:
     """Where the task file of (model, step) lives under `root`."""
     return Path(root) / "stats" / _check_name(model) / f"step{int(step)}.parquet"
-
-
-def _umask() -> int:
-    """The process umask, read without changing it where the system allows (Linux /proc)."""
-    with contextlib.suppress(OSError, ValueError):
-        with open("/proc/self/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Umask:"):
-                    return int(line.split()[1], 8)
-    mask = os.umask(0o022)  # elsewhere: read by setting and restoring it
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def atomic_writer(path: str | os.PathLike) -> Iterator[io.BufferedWriter]:
-    """Binary file object whose contents replace `path` atomically when the block ends.
-
-    The data goes to a temporary file '.<name>.<random>.tmp' in the same folder (created with
-    the parents if needed), is flushed and fsynced, gets mode 0o666 less the umask (what a plain
-    open() would give, not mkstemp's 0600), then `os.replace`s `path`. Readers see the old file
-    or the whole new one; if the block raises (kill, full disk), the old file is untouched and
-    the temporary file removed. An OSError without a file name (ENOSPC...) gets `path` as its
-    file name, so the message says which output could not be written.
-    """
-    path = Path(path)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            if hasattr(os, "fchmod"):
-                os.fchmod(f.fileno(), 0o666 & ~_umask())
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        if e.filename is None and e.errno is not None:
-            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
-        raise
-    except BaseException:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        raise
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the whole new one.
-
-    See `atomic_writer` (same folder temporary file, fsync, os.replace, mode 0o666 & ~umask,
-    the path named in OSErrors). Use it for every file a later run or reader relies on.
-    """
-    with atomic_writer(path) as f:
-        f.write(data)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
-    """`atomic_write_bytes` of `text` encoded with `encoding` (UTF-8 by default)."""
-    atomic_write_bytes(path, text.encode(encoding))
-
-
-@contextlib.contextmanager
-def _locked(root: Path) -> Iterator[None]:
-    """Exclusive lock on the dataset's metadata (manifest, architectures, notes)."""
-    root.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # non-POSIX: single-writer assumption
-        yield
-        return
-    with open(root / ".lock", "a+b") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 # manifest entry field -> required type (bool is refused where int is asked)
@@ -247,60 +164,6 @@ def top_columns(columns: Sequence[str]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- writing
-def frame_from_layer_stats(
-    per_layer: Sequence[Any], *, suite: str, model: str, step: int, sample_offset: int = 0
-) -> pd.DataFrame:
-    """Stats rows of one forward pass from one `LayerStats` per decoder layer.
-
-    per_layer[l].top: [batch, k], per_layer[l].median: [batch] (any array-like or tensor).
-    Returns one row per (layer, sample) in the task-file schema (without provenance), with
-    top1_token and top1_channel when the entries are LayerStats (they hold positions).
-    """
-    tops, medians, where = [], [], []
-    for layer, st in enumerate(per_layer):
-        if hasattr(st, "top_token") and hasattr(st, "top_channel"):  # a LayerStats
-            pos = [_as_numpy(st.top_token), _as_numpy(st.top_channel)]
-            where.append([p.reshape(-1, p.shape[-1])[:, 0].astype(np.int64) for p in pos])
-        top = _as_numpy(st.top)
-        median = _as_numpy(st.median)
-        if top.ndim == 1:  # a single sequence without batch dim
-            top, median = top[None], median.reshape(1)
-        if top.ndim != 2 or median.shape != top.shape[:1]:
-            raise ValueError(
-                f"layer {layer}: expected top [batch, k] and median [batch], got "
-                f"{tuple(top.shape)} and {tuple(median.shape)}"
-            )
-        if tops and top.shape != tops[0].shape:
-            raise ValueError(f"layer {layer}: top has shape {top.shape}, layer 0 {tops[0].shape}")
-        tops.append(top.astype(np.float64))
-        medians.append(median.astype(np.float64))
-    if not tops:
-        raise ValueError("per_layer is empty: the model has no decoder layers to report")
-    L, (n, k) = len(tops), tops[0].shape
-    top = np.concatenate(tops)  # [L * n, k], layer-major
-    cols: dict[str, Any] = {
-        "suite": suite,
-        "model": model,
-        "step": np.full(L * n, step, np.int64),
-        "layer": np.repeat(np.arange(L, dtype=np.int64), n),
-        "sample": np.tile(np.arange(sample_offset, sample_offset + n, dtype=np.int64), L),
-    }
-    for i in range(k):
-        cols[f"top{i + 1}"] = top[:, i]
-    cols["median"] = np.concatenate(medians)
-    cols["ratio"] = cols["top1"] / cols["median"]
-    if len(where) == L:  # where the top1 sits: its token and channel (original positions)
-        cols["top1_token"] = np.concatenate([w[0] for w in where])
-        cols["top1_channel"] = np.concatenate([w[1] for w in where])
-    return pd.DataFrame(cols)
-
-
-def _as_numpy(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):  # torch tensor, without importing torch here
-        x = x.detach().float().cpu().numpy()
-    return np.asarray(x)
-
-
 def _normalise_stats(stats: pd.DataFrame) -> tuple[dict[str, Any], str, str, int]:
     """Validated task columns (numpy arrays, rows sorted by layer, sample) and the task key."""
     if not isinstance(stats, pd.DataFrame):
