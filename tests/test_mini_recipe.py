@@ -12,7 +12,7 @@ import torch
 from _models import layer_outputs
 
 from massact.dataset import load_dataset
-from massact.report._document import _Doc
+from massact.report._doc_builder import _Doc
 from massact.report._location import location_table, write_location_section
 from massact.sources import MINI_PRESETS, MiniArch, train_mini_suite
 from massact.sources._mini_corpus import REPEAT_CHUNK, probe_set, split_corpus, text_form

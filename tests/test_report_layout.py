@@ -18,7 +18,7 @@ from massact import dataset as _dataset
 from massact.curves import FitStatus
 from massact.predict import train_predictors
 from massact.predict._features import EXTRA, MEANINGS
-from massact.report import _document, _figures, base_provenance
+from massact.report import _doc_builder, _document, _figures, base_provenance
 
 ARCHS = {
     "m-a": (3, 32, 2, 128, 40_000),
@@ -176,4 +176,4 @@ def test_kept_models_whole_model_r2_is_in_the_report(report):
 
 
 def test_inline_html_renders_code_and_bold():
-    assert _document.inline_html("a `x<y` **b**") == "a <code>x&lt;y</code> <b>b</b>"
+    assert _doc_builder.inline_html("a `x<y` **b**") == "a <code>x&lt;y</code> <b>b</b>"

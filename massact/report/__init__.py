@@ -2,7 +2,9 @@
 
 Modules: `_provenance` (versions, git commit, device: for the report and the benchmarks),
 `_figures` (Figs. 2-8), `_tables` (markdown / HTML tables, Tables 1, 2, 3, 5, fit_frame),
-`_document` (the results folder: report.md and report.html).
+`_document` (the results folder: report.md and report.html), `_doc_builder` (the markdown /
+HTML document builder with its table of contents), `_predictor_section` (the predictor's summary,
+feature legend and SHAP / partial-dependence figures), `_location` (where the top1 sits).
 Imports: every stage above it (dataset, curves, predict; curves and predict on first use, so
 that importing the report stays cheap), matplotlib.
 """

@@ -14,8 +14,9 @@ provenance.json      versions, seed, git commit, device, wall time per stage
 report.md, report.html (figures embedded as base64)
 ```
 The tables come from `_tables`, the figures from `_figures` (`all_figures` lists them with
-their captions) and the predictor's own SHAP / partial-dependence figures. Both documents open
-with a table of contents: every heading, table and figure has an anchor (the same id in
+their captions) and the predictor's own SHAP / partial-dependence figures (`_predictor_section`,
+with the predictor's summary and feature legend). Both documents are built by `_doc_builder._Doc`
+and open with a table of contents: every heading, table and figure has an anchor (the same id in
 report.md and report.html). Markdown in the text (`code`, **bold**) is rendered in the HTML;
 fit statuses are named (FitResult.status_counts, FitStatus.message).
 Every file is written atomically (massact.dataset.atomic_write_bytes): a kill or a full disk
@@ -24,11 +25,8 @@ during a re-run leaves the last good copy of each file, and the error names the 
 
 from __future__ import annotations
 
-import base64
 import html
 import json
-import re
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,186 +35,20 @@ import pandas as pd
 
 from ..dataset import atomic_write_bytes
 from . import _figures
+from ._doc_builder import _CSS, _Doc
 from ._location import write_location_section
-from ._tables import (
-    fit_frame,
-    html_table,
-    markdown_table,
-    row_best,
-    status_table,
-    table1,
-    table2,
-    table3,
-    table5,
+from ._predictor_section import (
+    _predictor_caption,
+    _predictor_figures,
+    _predictor_legend,
+    _predictor_summary,
 )
+from ._tables import fit_frame, row_best, status_table, table1, table2, table3, table5
 
 if TYPE_CHECKING:
     from ..curves import FitResult
     from ..dataset import Dataset, Trajectories
     from ..predict import Predictor
-
-
-_CODE = re.compile(r"`([^`]+)`")
-_BOLD = re.compile(r"\*\*(.+?)\*\*")
-
-
-def inline_html(text: str) -> str:
-    """Markdown inline text as HTML: escaped, `code` and **bold** rendered (no raw backticks)."""
-    out = html.escape(text)
-    out = _CODE.sub(lambda m: f"<code>{m.group(1)}</code>", out)
-    return _BOLD.sub(lambda m: f"<b>{m.group(1)}</b>", out)
-
-
-def _slug(text: str) -> str:
-    words = re.sub(r"[^0-9a-z]+", "-", text.lower()).strip("-")
-    return words[:60].rstrip("-") or "section"
-
-
-class _Doc:
-    """A report as blocks, rendered to both markdown and HTML, with a table of contents: every
-    heading, table and figure gets an anchor (the same id in both) and an entry."""
-
-    def __init__(self) -> None:
-        self.md: list[str] = []
-        self.html: list[str] = []
-        self.entries: list[tuple[int, str, str]] = []  # (level, text, anchor)
-        self._anchors: set[str] = set()
-        self._toc_at: int | None = None
-        self._level = 1
-
-    def anchor(self, text: str) -> str:
-        base = _slug(text)
-        name, n = base, 2
-        while name in self._anchors:
-            name, n = f"{base}-{n}", n + 1
-        self._anchors.add(name)
-        return name
-
-    def heading(self, text: str, level: int = 2) -> None:
-        aid = self.anchor(text)
-        if level > 1:
-            self.entries.append((level, text, aid))
-            self._level = level
-        self.md.append(f'<a id="{aid}"></a>\n\n' + "#" * level + " " + text)
-        self.html.append(f'<h{level} id="{aid}">{html.escape(text)}</h{level}>')
-
-    def contents(self) -> None:
-        """Where the table of contents goes (filled in by `render`)."""
-        self._toc_at = len(self.md)
-        self.md.append("")
-        self.html.append("")
-
-    def para(self, text: str) -> None:
-        self.md.append(text)
-        self.html.append(f"<p>{inline_html(text)}</p>")
-
-    def bullets(self, items: list[str]) -> None:
-        self.md.append("\n".join(f"- {n}" for n in items))
-        self.html.append("<ul>" + "".join(f"<li>{inline_html(n)}</li>" for n in items) + "</ul>")
-
-    def table(
-        self, frame: pd.DataFrame, caption: str, *, floatfmt=".4f", bold=None, csv: Path = None
-    ) -> None:
-        aid = self.anchor(caption.split(".")[0] if caption.startswith("Table") else caption)
-        self.entries.append((self._level + 1, _short(caption), aid))
-        self.md.append(
-            f'<a id="{aid}"></a>\n\n**{caption}**\n\n'
-            + markdown_table(frame, floatfmt=floatfmt, bold=bold)
-        )
-        self.html.append(
-            f'<p id="{aid}"><b>{inline_html(caption)}</b></p>'
-            + html_table(frame, floatfmt=floatfmt, bold=bold)
-        )
-        if csv is not None:
-            atomic_write_bytes(csv, frame.to_csv().encode())
-
-    def figure(self, path: Path, caption: str, root: Path) -> None:
-        aid = self.anchor("figure " + path.stem)
-        self.entries.append((self._level + 1, _short(caption), aid))
-        rel = path.relative_to(root).as_posix()
-        self.md.append(f'<a id="{aid}"></a>\n\n![{caption}]({rel})\n\n*{caption}*')
-        data = base64.b64encode(path.read_bytes()).decode("ascii")
-        self.html.append(
-            f'<figure id="{aid}"><img src="data:image/png;base64,{data}" '
-            f'alt="{html.escape(caption)}"><figcaption>{inline_html(caption)}</figcaption></figure>'
-        )
-
-    def render(self) -> tuple[str, str]:
-        """(markdown, HTML body) with the table of contents in place."""
-        md, body = list(self.md), list(self.html)
-        if self._toc_at is not None:
-            top = min((lv for lv, _, _ in self.entries), default=2)
-            md[self._toc_at] = "## Contents\n\n" + "\n".join(
-                "  " * (lv - top) + f"- [{text}](#{aid})" for lv, text, aid in self.entries
-            )
-            items, depth = [], 0  # nested lists: a deeper entry opens a list in its parent's <li>
-            for lv, text, aid in self.entries:
-                want = lv - top + 1
-                if want > depth:
-                    items.append("<ul><li>" * (want - depth))
-                else:
-                    items.append("</li></ul>" * (depth - want) + "</li><li>")
-                depth = want
-                items.append(f'<a href="#{aid}">{inline_html(text)}</a>')
-            items.append("</li></ul>" * depth)
-            body[self._toc_at] = '<nav id="contents"><h2>Contents</h2>' + "".join(items) + "</nav>"
-        return "\n\n".join(md) + "\n", "\n".join(body)
-
-
-def _short(caption: str, width: int = 90) -> str:
-    """A caption cut to `width` characters at a word, for the table of contents."""
-    text = caption.rstrip(".")
-    if len(text) <= width:
-        return text
-    return text[: width - 3].rsplit(" ", 1)[0].rstrip(",;:") + "..."
-
-
-_CSS = (
-    "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-    "table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #bbb;"
-    "padding:3px 8px;text-align:right}img{max-width:100%}figure{margin:1em 0 2em}"
-    "pre{background:#f4f4f4;padding:1em;overflow-x:auto}"
-)
-
-
-_PREDICTOR_CAPTIONS = {
-    "shap_beeswarm": "Fig. 9a/10: SHAP summary (beeswarm) of each parameter's best tree model, "
-    "a panel per parameter.",
-    "shap_importance": "Fig. 10b: mean |SHAP| per feature and parameter (the share of the "
-    "parameter's total in colour, the value in each cell).",
-    "pdp": "Partial dependence of each parameter's best tree model on its three most important "
-    "features, a row per parameter.",
-}
-
-
-def _predictor_caption(stem: str) -> str:
-    if stem in _PREDICTOR_CAPTIONS:
-        return _PREDICTOR_CAPTIONS[stem]
-    kind, _, param = stem.rpartition("_")
-    text = {
-        "shap_beeswarm": "SHAP summary (beeswarm) of the best tree model, as paper Figs. 9a/10",
-        "shap_bar": "mean |SHAP| per feature",
-        "shap_waterfall": "SHAP waterfall of the highest prediction, as paper Fig. 9b",
-        "pdp": "partial dependence on the top SHAP features",
-    }.get(kind)
-    return f"{param}: {text}." if text else stem
-
-
-def _predictor_figures(predictor: Predictor, fig_dir: Path) -> list[Path]:
-    """SHAP (Figs. 9-10) and partial dependence figures from the predictor, if it makes them:
-    one figure per kind (`shap_grid_figures`, `pdp_grid_figures`), else one per parameter."""
-    paths: list[Path] = []
-    grid = all(hasattr(predictor, n) for n in ("shap_grid_figures", "pdp_grid_figures"))
-    names = ("shap_grid_figures", "pdp_grid_figures") if grid else ("shap_figures", "pdp_figures")
-    for name in names:
-        method = getattr(predictor, name, None)
-        if method is None:
-            continue
-        try:
-            paths.extend(Path(p) for p in method(fig_dir))
-        except Exception as exc:  # an explainer failing must not lose the rest of the report
-            warnings.warn(f"massact report: {name} failed: {exc}", RuntimeWarning, stacklevel=2)
-    return paths
 
 
 def all_figures(
@@ -275,57 +107,6 @@ def all_figures(
             "masked where no peak is observable.",
         )
     return figs
-
-
-def _predictor_summary(doc: _Doc, predictor: Predictor) -> None:
-    """Which curves trained the predictor, its notes, and each parameter's kept model with its
-    test R^2 on whole held-out models (the score for an architecture it never saw)."""
-    if hasattr(predictor, "exclusions_text") and getattr(predictor, "exclusions", None):
-        text = predictor.exclusions_text()
-        doc.para(text[:1].upper() + text[1:] + ".")
-    notes = [str(n) for n in getattr(predictor, "notes", []) or []]
-    if notes:
-        doc.bullets(notes)
-    if hasattr(predictor, "skill"):
-        skill = predictor.skill().rename(
-            columns={
-                "model": "kept model",
-                "model_split_r2": "R² whole held-out models",
-                "random_split_r2": "R² random layer split",
-            }  # fmt: skip
-        )
-        skill.index.name = "parameter"
-        doc.table(
-            skill,
-            "Kept model per parameter and its test R² (transformed, standardised space; "
-            "<= 0: no better than the training mean). `massact predict` prints this beside "
-            "every prediction.",
-            floatfmt=".3f",
-        )
-
-
-def _predictor_legend(doc: _Doc, predictor: Predictor, tab_dir: Path) -> None:
-    """Every feature name explained, whether the models use it, and its training range: the
-    range outside which `massact predict` warns that it extrapolates."""
-    if hasattr(predictor, "training_range"):
-        legend = predictor.training_range()
-        legend["feature"] = legend["feature"].map({True: "yes", False: "no"})
-        legend = legend.rename(
-            columns={"min": "training min", "max": "training max", "feature": "used by models"}
-        )[["meaning", "used by models", "training min", "training max"]]
-    else:
-        from ..predict._features import MEANINGS
-
-        names = list(getattr(predictor, "features", []))
-        legend = pd.DataFrame({"meaning": [MEANINGS.get(n, "") for n in names]}, index=names)
-    legend.index.name = "feature"
-    doc.table(
-        legend,
-        "Features: what each name means (l: 1-based layer index, L layers, d hidden size, "
-        "H heads, d_ff MLP width) and its range over the training curves.",
-        floatfmt=".4g",
-        csv=tab_dir / "features.csv",
-    )
 
 
 def write_report(
