@@ -172,7 +172,7 @@ def _normalise_stats(stats: pd.DataFrame) -> tuple[dict[str, Any], str, str, int
     if missing:
         raise ValueError(
             f"stats is missing columns {missing}; required: {KEY_COLUMNS} + top1..topk, median "
-            "(massact.dataset._load.frame_from_layer_stats builds them from LayerStats)"
+            "(massact.dataset.frame_from_layer_stats builds them from LayerStats)"
         )
     if len(stats) == 0:
         raise ValueError("stats has no rows: a task must hold at least one (layer, sample)")
