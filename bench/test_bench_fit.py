@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from massact.curves._fit import FitStatus, fit_trajectories
+from massact.curves._fit import fit_trajectories
+from massact.curves._result import FitStatus
 from massact.curves._scipy_recipe import reference_fit_batch, synthetic_curves
 
 BASELINE = "scipy_loop"

@@ -28,7 +28,8 @@ import numpy as np
 import pytest
 
 from massact.curves import CORPUS_SETS, corpus_curves
-from massact.curves._fit import FitStatus, fit_trajectories
+from massact.curves._fit import fit_trajectories
+from massact.curves._result import FitStatus
 from massact.curves._scipy_recipe import reference_fit_batch
 
 from .test_bench_fit import BASELINE, fit_info

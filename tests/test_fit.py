@@ -14,7 +14,7 @@ import pytest
 
 from massact import load_dataset, load_trajectories, train_mini_suite
 from massact.curves import FitSettings
-from massact.curves._fit import DEGENERATE_LAM_T0, FitStatus, fit_trajectories, information_criteria
+from massact.curves._fit import fit_trajectories
 from massact.curves._formulas import (
     curve,
     curve_reparam,
@@ -23,6 +23,7 @@ from massact.curves._formulas import (
     t_peak,
     to_reparam,
 )
+from massact.curves._result import DEGENERATE_LAM_T0, FitStatus, information_criteria
 from massact.curves._scipy_recipe import reference_fit_batch, synthetic_curves
 
 N_COLS = 55  # every test pads to this many points: same bucket, same compiled function

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from massact.curves import _core as core
+from massact.curves import _refine
 from massact.curves._scipy_recipe import normalise, synthetic_curves
 
 
@@ -116,7 +117,9 @@ def test_box_decrement_is_the_models_minimum_over_the_box(seed):
     if seed in (2, 3):
         theta[0], g[0] = core.B_MIN, abs(g[0])  # at the bound, pushed outward: held
     with jax.enable_x64(True):
-        got = float(core.box_decrement(jnp.asarray(theta), jnp.asarray(g), jnp.asarray(h), lo, hi))
+        got = float(
+            _refine.box_decrement(jnp.asarray(theta), jnp.asarray(g), jnp.asarray(h), lo, hi)
+        )
     convex = np.all(np.linalg.eigvalsh(h) > 0)
     held = ((theta <= lo) & (g >= 0)) | ((theta >= hi) & (g <= 0))
     trust = np.array([0.1 * theta[0] + core.B_MIN, 0.1]) if not convex else np.full(2, np.inf)
@@ -174,8 +177,8 @@ def test_a_round_never_ends_worse_and_sse_drop_vanishes_at_a_minimum(curve):
         z = jnp.asarray([3.0, -1.0, 0.1, 0.1, 0.5])
         sse0 = float(core._z_eval(tn, yn, w, z)[0])
         kw = {"vp_iter": 20, "newton_iter": 40, "lm_iter": 30}
-        refine = jax.jit(lambda tn, yn, w, z: core.refine_one(tn, yn, w, z, **kw))
-        sse_drop = jax.jit(core.sse_drop)
+        refine = jax.jit(lambda tn, yn, w, z: _refine.refine_one(tn, yn, w, z, **kw))
+        sse_drop = jax.jit(_refine.sse_drop)
         sse_prev = sse0
         for _ in range(6):
             z, sse, n_steps, drop, jtj = refine(tn, yn, w, z)

@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 
 from massact.curves import CORPUS_SETS, FitSettings, corpus_curves
-from massact.curves._fit import (
+from massact.curves._chunks import round_rows
+from massact.curves._fit import fit_trajectories
+from massact.curves._result import (
     MODEL_MARGIN,
     STOP_ATOL,
     STOP_RTOL,
     TOL_ATOL,
     TOL_RTOL,
     FitStatus,
-    fit_trajectories,
-    round_rows,
 )
 from massact.curves._scipy_recipe import reference_fit_batch
 

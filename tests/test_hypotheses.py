@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 
 from massact.curves import _formulas as _curves
-from massact.curves._fit import FitStatus, fit_trajectories, information_criteria
+from massact.curves._fit import fit_trajectories
 from massact.curves._hypotheses import HYPOTHESES, fit_hypotheses
+from massact.curves._result import FitStatus, information_criteria
 from massact.curves._scipy_recipe import synthetic_curves
 
 N_COLS = 55  # same shape bucket as tests/test_fit.py: the Eq. 14 fit compiles once

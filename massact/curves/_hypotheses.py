@@ -23,17 +23,12 @@ import numpy as np
 import pandas as pd
 
 from . import _formulas
+from ._chunks import bucket_size
 from ._core import bounded_step
-from ._fit import (
-    MIN_POINTS,
-    FitStatus,
-    bucket_size,
-    fit_trajectories,
-    information_criteria,
-    validate_curves,
-)
+from ._fit import fit_trajectories, validate_curves
 from ._formulas import from_reparam
 from ._normalise import curve_scale, normalise_points, normalise_reparam
+from ._result import MIN_POINTS, FitStatus, information_criteria
 
 HYPOTHESES = ("eq9", "eq14", "step1", "step2_under", "step2_critical", "step2_over")
 

@@ -34,7 +34,7 @@ class FitSettings:
     parameters. Curves that have not met the stopping rule after that first round go on, as
     a smaller batch, for up to max_rounds rounds in all (1: the first round only): each
     further round is round_vp_iter Gauss-Newton and round_newton_iter Newton steps on the
-    projected SSE and round_lm_iter LM steps (`_core.refine_one`). Host: chunk_size curves
+    projected SSE and round_lm_iter LM steps (`_refine.refine_one`). Host: chunk_size curves
     per device call and workers chunks in flight at once (None: 128 x 2 on the CPU, 65536 x 1
     on an accelerator), round_chunk_size curves at most per call of the later rounds (None: 32
     on the CPU, chunk_size on an accelerator). These choose the rows per compiled call only
@@ -107,7 +107,7 @@ class FitSettings:
         base = cls() if settings is None else settings
         values = {f.name: options.pop(f.name, getattr(base, f.name)) for f in fields(cls)}
         # CPU: small chunks stay in cache, and two in flight at once keep both cores busy
-        # (_fit._run_chunks); 128 x 2 measured 1.3x faster per curve than 512 x 1, 512 x 1
+        # (_chunks._run_chunks); 128 x 2 measured 1.3x faster per curve than 512 x 1, 512 x 1
         # 2.2x faster than 4096 x 1
         cpu = jax.default_backend() == "cpu"
         if values["chunk_size"] is None:
@@ -135,7 +135,7 @@ class FitSettings:
         return {name: getattr(self, name) for name in _SOLVER}
 
     def round_solver(self) -> dict[str, int]:
-        """The keyword arguments of `_core.refine_batch` (every further round)."""
+        """The keyword arguments of `_refine.refine_batch` (every further round)."""
         return {name.removeprefix("round_"): getattr(self, name) for name in _ROUNDS}
 
     def grids(self) -> tuple[np.ndarray, np.ndarray]:
