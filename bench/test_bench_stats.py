@@ -20,6 +20,7 @@ pass over the same tensor, interleaved in the same run (column x_amax; target <=
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -206,5 +207,9 @@ def test_bench_cpu_floor(benchmark, floor_case):
     benchmark.pedantic(timed(ours, h), rounds=FLOOR_ROUNDS, warmup_rounds=1, iterations=1)
     t_ours, t_amax = best_of_interleaved([ours, amax], h, FLOOR_ROUNDS)
     info.update(best_ms=t_ours * 1e3, amax_best_ms=t_amax * 1e3, x_amax=t_ours / t_amax)
-    info["show"] = ["best_ms", "amax_best_ms", "x_amax"]
+    # OpenMP's spin-wait: after each amax, torch's worker threads keep spinning on the cores
+    # that ours runs on (~30% slower on a 2-core machine); OMP_WAIT_POLICY=passive stops it
+    for var in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        info[var.lower()] = os.environ.get(var)
+    info["show"] = ["best_ms", "amax_best_ms", "x_amax", "omp_wait_policy"]
     assert t_ours / t_amax <= FLOOR_TARGET, f"ours takes {t_ours / t_amax:.2f} amax passes"
