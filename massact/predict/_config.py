@@ -33,39 +33,38 @@ wide the heads are), key/value heads that do not divide the heads, more experts 
 experts, rotary fractions outside [0, 1], and encoder-decoder models (T5, BART, ...): massact
 predicts decoder-only stacks, so for one stack of such a model give its dimensions explicitly
 (the message prints them).
+
+The transformers config object is read in `_config_hf`; the names and checks both readers share
+live in `_config_checks`. Imports, one way: `_config` -> `_config_hf` -> `_config_checks`.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import numbers
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-# names of one quantity across families (transformers' attribute maps, for configs without a
-# model_type that transformers knows); the first present (not None) is read
-_ALIASES = {
-    "L": ("num_hidden_layers", "n_layer", "n_layers", "num_layers"),
-    "d": ("hidden_size", "n_embd", "d_model"),
-    "H": ("num_attention_heads", "n_head", "n_heads", "num_heads"),
-}
-_MLP = ("intermediate_size", "ffn_dim", "ffn_hidden_size", "d_ff", "n_inner")
-_KV = ("num_key_value_heads", "num_kv_heads", "n_head_kv", "multi_query_group_num")
-_HEAD_DIM = ("head_dim", "d_kv")
-_EXPERTS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
-_TOP_K = ("num_experts_per_tok", "moe_top_k")
+from ._config_checks import (
+    _ALIASES,
+    _EXPERTS,
+    _HEAD_DIM,
+    _KV,
+    _MLP,
+    _TOP_K,
+    _check_heads,
+    _extras,
+    _float,
+    _int,
+    _refuse_encoder_decoder,
+    _rotary,
+    _validated,
+)
+from ._config_hf import _from_hf
+
 _COUNTS = {k for names in _ALIASES.values() for k in names} | {
     *_MLP, *_KV, *_HEAD_DIM, "num_decoder_layers",
 }  # fmt: skip
 _ALIASES_STD = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size")
-# arch column, the keys it is read from, whether 0 is allowed (0 experts: a dense model)
-_EXTRA_KEYS = (
-    ("H_kv", _KV, False), ("head_dim", _HEAD_DIM, False),
-    ("n_experts", _EXPERTS, True), ("experts_per_token", _TOP_K, True),
-)  # fmt: skip
-_FOUR_D = ("bloom",)  # families whose MLP is 4d without a key saying so
 EXPLICIT = ("L", "d", "H", "d_ff")
 EXTRA = ("H_kv", "head_dim", "n_experts", "experts_per_token")
 _ROTARY = ("rotary_pct", "rotary_base")
@@ -174,30 +173,6 @@ def _checked_counts(c: dict, attribute_map: dict) -> dict:
     return c
 
 
-def _int(c: Any, key: str, *, zero: bool = False) -> int:
-    """c[key] as a positive integer (or 0 with zero=True); ValueError naming the key."""
-    v = c[key] if isinstance(c, dict) else c(key)
-    bad = isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v)
-    if bad or v != int(v) or v < (0 if zero else 1):
-        kind = "a non-negative" if zero else "a positive"
-        raise ValueError(f"config {key} must be {kind} integer, got {v!r}")
-    return int(v)
-
-
-def _float(key: str, v: object) -> float:
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
-        raise ValueError(f"config {key} must be a number, got {v!r}")
-    return float(v)
-
-
-def _check_heads(d: int, H: int, dk: str = "d", hk: str = "H") -> None:
-    if d % H:
-        raise ValueError(
-            f"config {dk}={d} is not a multiple of {hk}={H} (head width {d / H:g}): the "
-            "attention heads must divide the hidden size, or the config must give head_dim"
-        )
-
-
 # --------------------------------------------------------------------------- the dims
 def _explicit(c: dict) -> dict:
     """Explicit L, d, H (required), d_ff (default 4 d), rotary_pct, rotary_base, H_kv,
@@ -264,165 +239,3 @@ def _dict_rotary(c: dict) -> dict:
     if pct is None and c.get("model_type") != "gpt_neox":
         pct = 1.0  # Llama-style: rotary on the full head dimension
     return _rotary(pct, base)
-
-
-def _rotary(pct: object, base: object) -> dict:
-    out = {}
-    if pct is not None:
-        out["rotary_pct"] = _float("rotary_pct (partial_rotary_factor)", pct)
-        if not 0 <= out["rotary_pct"] <= 1:
-            raise ValueError(
-                f"config rotary_pct (partial_rotary_factor) must lie in [0, 1], got {pct!r}"
-            )
-    if base is not None:
-        out["rotary_base"] = _float("rotary_emb_base (rope_theta)", base)
-        if out["rotary_base"] <= 0:
-            raise ValueError(f"config rotary_emb_base (rope_theta) must be > 0, got {base!r}")
-    return out
-
-
-def _extras(get: Callable[[str], Any], arch: dict, names: dict) -> dict:
-    """H_kv, head_dim, n_experts, experts_per_token where the config gives them (`names` gets
-    the key each was read from, for the messages)."""
-    out = {}
-    for col, keys, zero in _EXTRA_KEYS:
-        key = next((k for k in keys if get(k) is not None), None)
-        if key is not None:
-            v = _int(get, key, zero=zero)
-            if v:  # 0 experts: a dense model
-                out[col], names[col] = v, key
-    if "experts_per_token" in out and "n_experts" not in out:
-        del out["experts_per_token"]  # a routing setting of a dense model means nothing
-    return out
-
-
-def _validated(arch: dict, names: dict) -> dict:
-    """Shape checks across the dims (messages name the keys the values were read from)."""
-    if "head_dim" not in arch:
-        _check_heads(arch["d"], arch["H"], names.get("d", "d"), names.get("H", "H"))
-    kv = arch.get("H_kv")
-    if kv is not None and arch["H"] % kv:
-        raise ValueError(
-            f"config {names.get('H_kv', 'H_kv')}={kv} does not divide "
-            f"{names.get('H', 'H')}={arch['H']}: each key/value head serves a whole group of "
-            "query heads"
-        )
-    top, n = arch.get("experts_per_token"), arch.get("n_experts")
-    if top is not None and n is not None and top > n:
-        raise ValueError(
-            f"config {names.get('experts_per_token')}={top} is more than "
-            f"{names.get('n_experts')}={n} experts"
-        )
-    return arch
-
-
-# --------------------------------------------------------------------------- transformers
-def _from_hf(cfg) -> dict:
-    """The dims of a transformers config, read through its attribute map."""
-    model_type = getattr(cfg, "model_type", None) or type(cfg).__name__
-    if getattr(cfg, "is_encoder_decoder", False):
-        _refuse_encoder_decoder(lambda k: getattr(cfg, k, None), model_type)
-    get_text = getattr(cfg, "get_text_config", None)
-    text = get_text(decoder=True) if callable(get_text) else getattr(cfg, "text_config", None)
-    if text is not None and text is not cfg:
-        return _from_hf(text)  # a multimodal wrapper: its language model
-
-    def get(key: str) -> Any:
-        try:
-            return getattr(cfg, key, None)
-        except Exception:  # a property that cannot be computed for this config
-            return None
-
-    names = {}
-    for col, keys in _ALIASES.items():
-        key = next((k for k in keys if get(k) is not None), None)
-        if key is None:
-            raise ValueError(
-                f"config ({model_type}) has no {keys[0]} (nor {', '.join(keys[1:])}): not a "
-                "transformer decoder massact can read; give L, d, H, d_ff explicitly"
-            )
-        names[col] = key
-    arch = {col: _int(get, key) for col, key in names.items()}
-    arch["d_ff"], names["d_ff"] = _hf_mlp(cfg, get, arch["d"], model_type)
-    arch.update(_extras(get, arch, names))
-    if get("multi_query") is True and not get("new_decoder_architecture"):
-        arch["H_kv"], names["H_kv"] = 1, "multi_query"  # Falcon-7B, StarCoder: one kv head
-    for col, sub, key in (("H_kv", "attn_config", "kv_n_heads"),
-                          ("n_experts", "ffn_config", "moe_num_experts"),
-                          ("experts_per_token", "ffn_config", "moe_top_k")):  # fmt: skip
-        v = _sub(cfg, sub, key)
-        if col not in arch and v:
-            names[col] = f"{sub}.{key}"
-            arch[col] = _int(lambda _k, v=v: v, names[col])
-    arch.update(_hf_rotary(cfg, get, arch))
-    return _validated(arch, names)
-
-
-def _sub(cfg, sub: str, key: str) -> Any:
-    """cfg.<sub>.<key> where <sub> is a nested config object or dict (MPT, DBRX)."""
-    part = getattr(cfg, sub, None)
-    if isinstance(part, dict):
-        return part.get(key)
-    return getattr(part, key, None) if part is not None else None
-
-
-def _hf_mlp(cfg, get: Callable[[str], Any], d: int, model_type: str) -> tuple[int, str]:
-    for key in _MLP:
-        if get(key) is not None:
-            return _int(get, key), key
-    if any(hasattr(cfg, k) for k in _MLP) or model_type in _FOUR_D:
-        return 4 * d, "4d"  # GPT-2, GPT-J, GPT-Neo, Falcon: None means 4d; Bloom: always
-    ratio = get("expansion_ratio")  # MPT
-    if ratio is not None:
-        v = _float("expansion_ratio", ratio) * d
-        if v != int(v) or v < 1:
-            raise ValueError(f"config expansion_ratio {ratio!r} x d={d} is not a width")
-        return int(v), "expansion_ratio"
-    width = _sub(cfg, "ffn_config", "ffn_hidden_size")  # DBRX
-    if width is not None:
-        key = "ffn_config.ffn_hidden_size"
-        return _int(lambda _k: width, key), key
-    raise ValueError(
-        f"config ({model_type}) has no MLP width (intermediate_size, ffn_dim, ffn_hidden_size, "
-        "d_ff, n_inner or expansion_ratio): give d_ff explicitly"
-    )
-
-
-def _hf_rotary(cfg, get: Callable[[str], Any], arch: dict) -> dict:
-    """rotary_pct and rotary_base of a transformers config (v4 attributes or v5
-    rope_parameters, per layer type for Gemma-3-style configs: the full-attention entry)."""
-    if get("alibi") or _sub(cfg, "attn_config", "alibi"):
-        return {"rotary_pct": 0.0}  # ALiBi: no rotary embedding
-    rope = get("rope_parameters")
-    if rope is None:
-        rope = get("rope_scaling")
-    rope = rope if isinstance(rope, dict) else {}
-    if rope and all(isinstance(v, dict) for v in rope.values()):
-        rope = rope.get("full_attention") or next(iter(rope.values()))
-    pct = rope.get("partial_rotary_factor", get("partial_rotary_factor"))
-    if pct is None:
-        pct = get("rotary_pct")
-    base = rope.get("rope_theta", get("rope_theta"))
-    if base is None:
-        base = get("rotary_emb_base")
-    if pct is None and get("rotary_dim") is not None:  # GPT-J, CodeGen
-        head = arch.get("head_dim", arch["d"] // arch["H"])
-        pct = _int(get, "rotary_dim") / head
-    if pct is None:
-        rotary = bool(rope) or base is not None
-        pct = 1.0 if rotary else 0.0  # no rotary settings: learned or relative positions
-    return _rotary(pct, base)
-
-
-def _refuse_encoder_decoder(get: Callable[[str], Any], model_type: object) -> None:
-    def first(keys) -> Any:
-        return next((get(k) for k in keys if get(k) is not None), "?")
-
-    dims = (
-        f"--L {first(('num_decoder_layers', *_ALIASES['L']))} --d {first(_ALIASES['d'])} "
-        f"--H {first(_ALIASES['H'])} --d-ff {first(_MLP)}"
-    )
-    raise ValueError(
-        f"config is an encoder-decoder model ({model_type or 'is_encoder_decoder'}): massact "
-        f"predicts decoder-only stacks; for its decoder stack give the dims explicitly ({dims})"
-    )
