@@ -179,3 +179,14 @@ def test_write_report_without_predictor(pipeline):
     assert len(fits) == len(traj.keys) and {"model", "layer", "r2"} <= set(fits.columns)
     assert (out / "tables" / "table1_fit_r2.csv").exists()
     assert '"seed": 0' in (out / "provenance.json").read_text()
+
+
+def test_provenance_names_the_cpu_kernels(monkeypatch):
+    """The CPU kernel level and the settings that pin it: they decide a CPU run's rounding."""
+    import torch
+
+    monkeypatch.setenv("MKL_CBWR", "AVX2")
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    kernels = base_provenance()["cpu_kernels"]
+    assert kernels["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert kernels["MKL_CBWR"] == "AVX2" and "DNNL_MAX_CPU_ISA" not in kernels

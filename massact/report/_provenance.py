@@ -5,6 +5,7 @@ One home for these lookups: the report, the pipeline and the benchmarks all reco
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -72,6 +73,24 @@ def device_description() -> str:
     return f"cpu: {platform.processor() or platform.machine()}"
 
 
+# settings that pick the CPU kernels torch runs (hence its float rounding): trained mini-suite
+# models end up elsewhere under AVX2 than under AVX-512 kernels, and identical under the same
+_CPU_KERNEL_SETTINGS = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "DNNL_MAX_CPU_ISA")
+
+
+def cpu_kernels() -> dict[str, str]:
+    """torch's CPU kernel level (e.g. AVX512, AVX2) and the settings above where set."""
+    out = {}
+    try:
+        import torch
+
+        out["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # a broken torch install must not break the report
+        pass
+    out.update({k: os.environ[k] for k in _CPU_KERNEL_SETTINGS if k in os.environ})
+    return out
+
+
 def base_provenance(**extra: Any) -> dict[str, Any]:
     """Provenance common to every run; `extra` (seed, source, stage_seconds...) is merged in."""
     prov = {
@@ -79,6 +98,7 @@ def base_provenance(**extra: Any) -> dict[str, Any]:
         "git_commit": git_commit(),
         "device": device_description(),
         "platform": platform.platform(),
+        "cpu_kernels": cpu_kernels(),
         "argv": sys.argv,
     }
     prov.update(extra)
