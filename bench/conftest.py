@@ -96,4 +96,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         desc = device_description()
         name = name or (desc.removeprefix("cpu: ") if desc.startswith("cpu") else "cpu")
         threads = torch.get_num_threads()
-        machine_info["device"] = f"cpu: {name}, {os.cpu_count()} cores, {threads} torch threads"
+        level = torch.backends.cpu.get_cpu_capability()  # the kernels torch runs: AVX512, AVX2
+        machine_info["device"] = (
+            f"cpu: {name}, {os.cpu_count()} cores, {threads} torch threads, {level} kernels"
+        )
