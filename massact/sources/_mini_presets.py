@@ -70,9 +70,10 @@ def _grid(shapes, **recipe) -> list[MiniArch]:
 SINK_RECIPE = dict(
     batch=8, seq_len=64, warmup=30, weight_decay=0.1, schedule="constant", text="repeat"
 )
-# fast: 4 models (17 layers) in parallel, one process per core; `make run` took 3.9-4.9 minutes
-# on 2-core AVX-512 machines (ratios 65/53/34/44, the same data on each), 10.5 on an AVX2-only
-# one (whose rounding also ended the ratios lower, 24-46); 4 processes on 2 cores: 5% slower
+# fast: 4 models (15 layers) in parallel, one process per core; `make run` took 3.7-4.1 minutes
+# on a 2-core Zen 4 (AVX-512 kernels: ratios 65/53/51/34); AVX2 kernels end the models elsewhere
+# (L4 H2/H4/H8 24/45/31, L3 73), and AVX2-only machines train about 2x slower. L3-d64-H4 replaced
+# L5-d64-H8, which cost 1.6x an L4-H4 step and left one process working alone at the end
 _FAST = dict(steps=4500, lr=2e-2, n_regular=18, **SINK_RECIPE)
 # standard: 12 models for the prediction stage, H/d 1/32..1/8, d/L 8..64, MLP 2x..8x, cosine
 # decay over 9,000 steps: 27.6 minutes on a 2-core AVX-512 machine, 49 on the slower AVX2 one
