@@ -81,7 +81,7 @@ def pytest_runtest_makereport(item, call):
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
-    from massact.report import device_description, git_commit
+    from massact.report import cpu_kernels, device_description, git_commit
 
     settings = bench_settings(config)
     machine_info["torch"] = torch.__version__
@@ -96,7 +96,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         desc = device_description()
         name = name or (desc.removeprefix("cpu: ") if desc.startswith("cpu") else "cpu")
         threads = torch.get_num_threads()
-        level = torch.backends.cpu.get_cpu_capability()  # the kernels torch runs: AVX512, AVX2
+        level = cpu_kernels().get("torch_cpu_capability", "unknown")  # AVX512, AVX2...
         machine_info["device"] = (
             f"cpu: {name}, {os.cpu_count()} cores, {threads} torch threads, {level} kernels"
         )

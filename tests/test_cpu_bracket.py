@@ -164,7 +164,7 @@ def test_both_medians(search, dtype, monkeypatch, trace):
 
 
 def search(line: np.ndarray) -> int:
-    """_search_median of line (masked values -1) against numpy's partition."""
+    """search_median of line (masked values -1) against numpy's partition."""
     n = line.size
     n_masked = int(np.count_nonzero(line < 0))
     rank = median_rank(n, n - n_masked)

@@ -10,15 +10,10 @@ Bit-identical to the oracle `_reference` (same patterns as `_patterns`). Per sli
    a NaN;
 3. median, the value at the lower median's rank among all n values, the masked ones (-1) at
    the bottom, by one of two exact methods, whichever is faster on this machine (`_method`):
-   - numpy's in-place selection of the scratch buffer (`ndarray.partition`): ~0.5 ms per 1M
-     int32 where its SIMD quickselect runs well (AVX2 EPYC), ~5 ms on a Zen 4 EPYC (AVX-512
-     compress-store is microcoded there), ~75 ms per 8M int16 without AVX512-ICL;
-   - a counting search (`_cpu_search`): a fixed random sample brackets the rank, the pass of
-     step 1, chunk by chunk, counts the values up to both ends of the bracket while each chunk
-     is in cache and gathers the few between them (~10 ms per 8M values in all, steps 1-3);
-     a missed bracket costs a few more counting passes.
-   Which one: timed once per process and pattern width on a synthetic slice (both exact, so
-   the choice changes the time only); $MASSACT_CPU_MEDIAN = partition | search fixes it.
+   numpy's in-place selection of the scratch buffer (`ndarray.partition`), or the counting
+   search of `_cpu_search`, fused with step 1 (its docstring says when each one wins). Timed
+   once per process and pattern width on a synthetic slice (both exact, so the choice changes
+   the time only); $MASSACT_CPU_MEDIAN = partition | search fixes it.
 
 Slices are spread over up to torch.get_num_threads() threads, the calling one included (numpy
 releases the GIL). Memory traffic per slice: one read of h, one write and one or two reads of
