@@ -1,11 +1,12 @@
-"""The CPU path's median search (`_cpu_search.search_median`): adversarial slices for its
-sample bracket, each bit-identical to the oracle, and which path each one took; the choice
-between the search and numpy's partition (`_cpu_path._method`).
+"""The CPU path's median search (`_cpu_search.search_median` over reads by
+`_cpu_scan.scan_rows`): adversarial slices for its sample bracket, each bit-identical to the
+oracle, and which steps each one took; the top-k candidates' compaction; the selection
+helpers against a sort.
 
-The search counts values against thresholds taken from a fixed random sample of the slice; it
+The search counts values against thresholds placed by a fixed random sample of the slice; it
 must stay exact when the sample misleads it (ties, skewed layouts, a sample that sees only
-large values), and the tests see through `_cpu_search._trace` that the bracket, its misses, the
-gather of the bracket's values and the fallback to the full partition each ran.
+large values), and the tests see through `_cpu_search._trace` whether the first read settled
+the median ("gather") or its bracket missed ("miss") and further reads ("read") narrowed it.
 Slices hold more values than the sample (n > _SAMPLE), so the sample is a real subset.
 """
 
@@ -17,27 +18,21 @@ import torch
 from _cases import DTYPE_IDS, DTYPES, assert_stats_equal
 
 from massact import layer_stats, reference_layer_stats
-from massact.stats import _cpu_path, _cpu_search
+from massact.stats import _cpu_path, _cpu_scan, _cpu_search
 from massact.stats._patterns import median_rank
 
-SLICE = (160, 128)  # n = 20480 > _SAMPLE: the sample (drawn with replacement) sees about half
-WIDE = (512, 256)  # n = 131072: the sample sees about one value in eight
+SLICE = (160, 128)  # n = 20480 > _SAMPLE: the sample (drawn with replacement) sees about a third
+WIDE = (512, 256)  # n = 131072: the sample sees about one value in sixteen
 assert _cpu_search._SAMPLE < SLICE[0] * SLICE[1]
+MAX_READS = 24  # reads after the first one a slice may take (thirds of 31-bit patterns: ~20)
 
 
 @pytest.fixture
 def trace(monkeypatch) -> list[str]:
-    """The search's steps; the search on for every pattern width, whichever method this
-    machine's timing would choose."""
+    """The search's steps."""
     events: list[str] = []
     monkeypatch.setattr(_cpu_search, "_trace", events)
-    use_method(monkeypatch, "search")
     return events
-
-
-def use_method(monkeypatch, method: str) -> None:
-    for width in (2, 4):
-        monkeypatch.setitem(_cpu_path._median_method, width, method)
 
 
 def adversarial(kind: str) -> torch.Tensor:
@@ -109,16 +104,17 @@ def test_adversarial_slices_match_the_oracle(kind, dtype, mask_kind, trace):
     got = layer_stats(h, 3, mask=mask, backend="torch")
     assert_stats_equal(got, reference_layer_stats(h, 3, mask=mask))
     assert trace.count("search") == 2  # once per slice
-    assert "fallback" not in trace
+    assert trace.count("read") <= 2 * MAX_READS
 
 
-@pytest.mark.parametrize("chunk", [_cpu_search._CHUNK, 3000], ids=["one_chunk", "chunks"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_plain_slices_hit_the_first_bracket(dtype, chunk, trace, monkeypatch):
-    """Random data: the sample's bracket holds the rank and the first pass, which counted it
-    and gathered the values in it (the slice in one chunk, or in chunks of 11 rows and a
-    shorter last one), settles the median: no miss, no further pass."""
-    monkeypatch.setattr(_cpu_search, "_CHUNK", chunk)
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "row_ranges"])
+def test_plain_slices_hit_the_first_bracket(dtype, split, trace, monkeypatch):
+    """Random data: the sample's bracket holds the rank and the first read, which counted it
+    and kept the values in it, settles the median: no miss, no further read. row_ranges:
+    more threads than slices, so each slice's rows are read in ranges on several threads."""
+    if split:
+        monkeypatch.setattr(_cpu_path, "_workers", lambda: 3)
     h = torch.randn(2, *WIDE, generator=torch.Generator().manual_seed(3)).to(dtype)
     assert_stats_equal(layer_stats(h, 3, backend="torch"), reference_layer_stats(h, 3))
     assert trace == ["search", "gather"] * 2
@@ -138,38 +134,62 @@ def sample_biased(side: str, dtype: torch.dtype) -> torch.Tensor:
 def test_a_missed_bracket_stays_exact(side, dtype, trace):
     h = sample_biased(side, dtype)
     assert_stats_equal(layer_stats(h, 3, backend="torch"), reference_layer_stats(h, 3))
-    assert "miss" in trace and "fallback" not in trace
-
-
-def test_the_fallback_partition_after_max_passes(monkeypatch, trace):
-    monkeypatch.setattr(_cpu_search, "_MAX_PASSES", 1)
-    h = sample_biased("low", torch.bfloat16)
-    assert_stats_equal(layer_stats(h, 3, backend="torch"), reference_layer_stats(h, 3))
-    assert trace[-1] == "fallback" and trace.count("pass") == 1
+    assert "miss" in trace and 1 <= trace.count("read") <= MAX_READS
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("search", [False, True], ids=["partition", "search"])
-def test_both_medians(search, dtype, monkeypatch, trace):
-    """numpy's partition and the search agree."""
-    use_method(monkeypatch, "search" if search else "partition")
-    h = adversarial("by_token").to(dtype)
-    mask = masks()["random"]
-    got = layer_stats(h, 3, mask=mask, backend="torch")
-    assert_stats_equal(got, reference_layer_stats(h, 3, mask=mask))
-    assert trace.count("search") == (2 if search else 0)
+def test_thirds_by_value_when_the_sample_cannot_place_the_rank(dtype, trace, monkeypatch):
+    """No sample bracket after the first read: the search cuts [a, b] into thirds by value,
+    each read keeping one, and ends on the exact median."""
+    monkeypatch.setattr(_cpu_search, "_GUIDED_MISSES", 1)
+    h = sample_biased("low", dtype)
+    assert_stats_equal(layer_stats(h, 3, backend="torch"), reference_layer_stats(h, 3))
+    assert trace.count("miss") == 1 and 2 <= trace.count("read") <= MAX_READS
+
+
+@pytest.mark.parametrize("k", [1, 7, 64])
+@pytest.mark.parametrize("kind", ["sorted_up", "all_equal", "clipped", "nan_inf"])
+def test_top_k_candidates_compacted_many_times(kind, k):
+    """Ascending values (each one a new candidate), all equal and a third tied at the top:
+    the candidates' buffer fills and is cut back to the best k again and again, ties kept in
+    index order. d = 100 leaves a partial block at each row's end; the view is strided."""
+    h = adversarial(kind)[:, :, :100]
+    assert not h.is_contiguous()
+    for mask in (None, masks()["random"]):
+        got = layer_stats(h, k, mask=mask, backend="torch")
+        assert_stats_equal(got, reference_layer_stats(h, k, mask=mask))
 
 
 # ---- the search alone, on integer lines (int16 as in use, int32 as the helper allows) ---------
 
 
-def search(line: np.ndarray) -> int:
-    """search_median of line (masked values -1) against numpy's partition."""
+def read_line(line: np.ndarray):
+    """read(lo, hi) for search_median: the real scan over an integer line as one row, its
+    values taken as they are (no sign bit cleared, no clamp)."""
+    x = line.reshape(1, -1)
+    top = np.iinfo(line.dtype).max
+
+    def read(lo: int, hi: int) -> _cpu_search.Counted:
+        limits = tuple(line.dtype.type(v) for v in (-1, top, lo, hi))
+        c_lo, c_hi, kept, _, _ = _cpu_path._read(x, _cpu_path._NO_MASK, 0, limits, 0)
+        return _cpu_search.Counted(lo, hi, c_lo, c_hi, kept)
+
+    return read
+
+
+def search(line: np.ndarray, first: _cpu_search.Counted | None = None) -> int:
+    """search_median of line (masked values -1) against numpy's partition; the first read at
+    the sample's bracket unless given."""
     n = line.size
     n_masked = int(np.count_nonzero(line < 0))
     rank = median_rank(n, n - n_masked)
     want = int(np.partition(line, rank)[rank])
-    got = _cpu_search.search_median(line.copy(), rank, n_masked, int(line.max()))
+    top = int(line.max())
+    sample = line[_cpu_search._sample_positions(n)].astype(np.int32)
+    read = read_line(line)
+    if first is None:
+        first = read(*_cpu_search.first_bracket(sample, top, rank, n_masked, n))
+    got = _cpu_search.search_median(read, n, rank, n_masked, top, sample, first)
     assert got == want, (got, want)
     return got
 
@@ -193,9 +213,9 @@ def edge_line(edge: str, dtype) -> np.ndarray:
     pos = np.unique(_cpu_search._sample_positions(n))
     line = np.zeros(n, dtype=dtype)
     line[pos] = 1000 + np.arange(pos.size) % 1000
-    s = np.sort(line[_cpu_search._sample_positions(n)].astype(np.int32))
+    s = line[_cpu_search._sample_positions(n)].astype(np.int32)
     lo, hi = _cpu_search._bracket(s, 0, 30000, 0, n, rank)  # the same with any b > 1999
-    assert lo is not None and hi is not None
+    assert 1000 <= lo + 1 and hi <= 1999  # between sampled values
     pattern, place = EDGES[edge]
     target = pattern(lo, hi)
     free = np.setdiff1d(np.arange(n), pos)  # the others: small, then target, then large
@@ -218,19 +238,19 @@ def test_median_on_the_bracket_edge(edge, dtype, trace):
 
 
 @pytest.mark.parametrize("edge", list(EDGES))
-def test_median_on_the_bracket_edge_through_the_first_pass(edge, trace):
-    """The same lines as bf16 slices (patterns <= 30000: finite values): the fused first pass
-    counts the bracket, and either settles the median or hands the search a miss."""
+def test_median_on_the_bracket_edge_through_the_first_read(edge, trace):
+    """The same lines as bf16 slices (patterns <= 30000: finite values): the first read counts
+    the bracket, and either settles the median or hands the search a miss."""
     line = edge_line(edge, np.int16)
     h = torch.from_numpy(line).view(torch.bfloat16).reshape(WIDE)
     assert_stats_equal(layer_stats(h, 3, backend="torch"), reference_layer_stats(h, 3))
     assert ("miss" in trace) == (edge in ("below", "above"))
-    assert ("pass" in trace) == (edge in ("below", "above"))  # a hit needs no further pass
+    assert ("read" in trace) == (edge in ("below", "above"))  # a hit needs no further read
 
 
-def test_gather_after_a_first_pass_without_its_block(trace):
-    """A first pass that counted its bracket but did not gather it (the sample expected many
-    values there): the search counts the rows of both ends, then gathers."""
+def test_a_first_read_that_kept_nothing(trace):
+    """A first read that counted its bracket but could not keep its values (too many): the
+    search reads again, keeping the values of the rank's range once they are few."""
     rng = np.random.default_rng(6)
     n = WIDE[0] * WIDE[1]
     line = rng.integers(0, 20000, n).astype(np.int16)
@@ -238,10 +258,8 @@ def test_gather_after_a_first_pass_without_its_block(trace):
     ordered = np.sort(line)
     lo, hi = int(ordered[rank - 100]) - 1, int(ordered[rank])  # the median: hi's pattern
     c_lo, c_hi = (int(np.count_nonzero(line <= p)) for p in (lo, hi))
-    s = np.sort(line[_cpu_search._sample_positions(n)].astype(np.int32))
-    first = _cpu_search.FirstPass(s, lo, hi, c_lo, c_hi, None)
-    got = _cpu_search.search_median(line.copy(), rank, 0, int(line.max()), first)
-    assert got == int(ordered[rank]) and trace == ["search", "gather"]
+    assert search(line, _cpu_search.Counted(lo, hi, c_lo, c_hi, None)) == int(ordered[rank])
+    assert trace == ["search", "read", "gather"]
 
 
 @pytest.mark.parametrize("dtype", [np.int16, np.int32])
@@ -260,53 +278,27 @@ def test_search_on_integer_lines(dtype, trace):
     ]
     for line in lines:
         search(line.astype(dtype))
-    assert trace.count("search") == len(lines) and "fallback" not in trace
+    assert trace.count("search") == len(lines)
 
 
-# ---- which method: timed once per pattern width, or fixed by $MASSACT_CPU_MEDIAN ------------
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_the_timed_choice_is_kept_per_width(dtype, monkeypatch):
-    monkeypatch.delenv("MASSACT_CPU_MEDIAN", raising=False)
-    width = 4 if dtype == torch.float32 else 2
-    monkeypatch.setitem(_cpu_path._median_method, width, None)
-    chosen = _cpu_path._method(dtype)
-    assert chosen in ("partition", "search") and _cpu_path._median_method[width] == chosen
-    h = torch.randn(2, *WIDE, generator=torch.Generator().manual_seed(8)).to(dtype)
-    assert_stats_equal(layer_stats(h, 3, backend="torch"), reference_layer_stats(h, 3))
-
-
-@pytest.mark.parametrize("method", ["partition", "search"])
-def test_the_environment_fixes_the_method(method, monkeypatch):
-    monkeypatch.setenv("MASSACT_CPU_MEDIAN", method)
-    monkeypatch.setitem(_cpu_path._median_method, 4, None)
-    events: list[str] = []
-    monkeypatch.setattr(_cpu_search, "_trace", events)
-    h = torch.randn(2, *WIDE, generator=torch.Generator().manual_seed(9))
-    assert_stats_equal(layer_stats(h, 3, backend="torch"), reference_layer_stats(h, 3))
-    assert _cpu_path._median_method[4] == method
-    assert events.count("search") == (2 if method == "search" else 0)
-
-
-def test_a_bad_method_in_the_environment_is_named(monkeypatch):
-    monkeypatch.setenv("MASSACT_CPU_MEDIAN", "quickselect")
-    monkeypatch.setitem(_cpu_path._median_method, 2, None)
-    with pytest.raises(ValueError, match="MASSACT_CPU_MEDIAN='quickselect': expected"):
-        layer_stats(torch.randn(2, *WIDE).to(torch.bfloat16), 3, backend="torch")
+# ---- the selection helpers -----------------------------------------------------------------
 
 
 @pytest.mark.parametrize("dtype", [np.int16, np.int32])
 @pytest.mark.parametrize("spread", ["one", "few", "at_limit", "wide", "full"])
 def test_select_in_a_gathered_block(dtype, spread):
-    """_select (counting where the block spans few patterns, numpy's selection elsewhere)
+    """select_kth (histogram rounds) and select_two (two ranks of the values in a range)
     against a sort, at every rank of small blocks and at sampled ranks of larger ones."""
     rng = np.random.default_rng(7)
     n = 3000
     top = int(np.iinfo(dtype).max)
-    width = {"one": 1, "few": 7, "at_limit": 4 * n + 1025, "wide": 10**5, "full": top}[spread]
+    width = {"one": 1, "few": 7, "at_limit": 2049, "wide": 10**5, "full": top}[spread]
     width = min(width, top)
     block = (top - width + rng.integers(0, width, n)).astype(dtype)
     ordered = np.sort(block)
     for k in [0, 1, n // 2, n - 2, n - 1, *rng.integers(0, n, 20)]:
-        assert _cpu_search._select(block, int(k)) == int(ordered[k])
+        assert _cpu_scan.select_kth(block, int(k)) == int(ordered[k])
+    a, b = int(ordered[n // 5]), int(ordered[4 * n // 5])  # a range inside the block
+    inside = np.sort(block[(block >= a) & (block <= b)])
+    for i, j in [(0, 0), (0, inside.size - 1), (inside.size // 2, inside.size // 2 + 9)]:
+        assert _cpu_scan.select_two(block, a, b, i, j) == (int(inside[i]), int(inside[j]))

@@ -3,9 +3,10 @@
 Modules: `_result` (LayerStats, input and mask checks, bit-pattern constants: the leaf that
 kernels/ imports), `_reference` (the pure-torch oracle that defines the numbers, masks
 included), `_patterns` (bit patterns of |h| and back), `_torch_path` (the fast torch path, any
-device), `_cpu_path` (its CPU branch for large slices: numpy selection, slices in parallel),
+device), `_cpu_path` (its CPU branch for large slices: one read per slice by the numba kernels
+of `_cpu_scan`, the median search of `_cpu_search`, slices in parallel),
 `_dispatch` (layer_stats / layer_stats_many: validates, picks a backend).
-Imports: torch only (numpy from `_cpu_path`, on first use), massact.kernels lazily.
+Imports: torch only (numpy and numba from `_cpu_path`, on first use), massact.kernels lazily.
 """
 
 from ._dispatch import BACKENDS as BACKENDS

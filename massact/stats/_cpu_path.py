@@ -1,48 +1,47 @@
-"""CPU path of the layer statistics for large slices: numpy selection, slices in parallel.
+"""CPU path of the layer statistics for large slices: one read per slice, slices in parallel.
 
 Bit-identical to the oracle `_reference` (same patterns as `_patterns`). Per slice [S, d]:
 
-1. one pass writes the patterns of |h| (int32 for fp32, int16 for fp16 / bf16) into a scratch
-   buffer of the worker thread, reused from call to call (never part of a result); masked
-   tokens' rows then get -1;
-2. top-k: the maxima of groups of values bound it (see `_top_k`), so only a few groups' values
-   are sorted; NaN patterns are clamped to one (and the top-k redone) only when the top holds
-   a NaN;
-3. median, the value at the lower median's rank among all n values, the masked ones (-1) at
-   the bottom, by one of two exact methods, whichever is faster on this machine (`_method`):
-   numpy's in-place selection of the scratch buffer (`ndarray.partition`), or the counting
-   search of `_cpu_search`, fused with step 1 (its docstring says when each one wins). Timed
-   once per process and pattern width on a synthetic slice (both exact, so the choice changes
-   the time only); $MASSACT_CPU_MEDIAN = partition | search fixes it.
+1. a fixed random sample of its patterns places two thresholds around the median's rank
+   (`_cpu_search.first_bracket`);
+2. one read of the slice (`_cpu_scan.scan_rows`, compiled by numba) counts the values up to
+   both thresholds, keeps the few between them and collects the top-k candidates;
+3. the top-k: the candidates ordered; the median: selected among the values kept, or, where
+   the sample misled the thresholds, found by further reads (`_cpu_search.search_median`).
 
-Slices are spread over up to torch.get_num_threads() threads, the calling one included (numpy
-releases the GIL). Memory traffic per slice: one read of h, one write and one or two reads of
-the scratch buffer (a search that needs further passes: two or three reads and bool writes of
-n bytes each, in a second per-thread buffer); no int64 keys, no full-size allocation.
+Slices are spread over up to torch.get_num_threads() threads, the calling one included (numba
+releases the GIL); with fewer slices than threads, each slice's rows are read in ranges on
+several threads. Nothing of the slice's size is allocated: the values kept (n / 16 at most)
+and the candidates are all a read writes.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
-import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from ._cpu_search import first_pass, flag_bytes, scratch, search_median, write_patterns
+from ._cpu_scan import sample_patterns, scan_rows
+from ._cpu_search import (
+    Counted,
+    _sample_positions,
+    first_bracket,
+    gather_capacity,
+    search_median,
+)
 from ._patterns import MASKED, median_rank, stats_from_patterns
 from ._result import BIT_PATTERNS, LayerStats
 
-_GROUP = 256  # values per group of the top-k bound (fewer where n is not a multiple)
-_SORT_MAX = 4096  # top-k candidates sorted outright up to this many
-_METHODS = ("partition", "search")
-# the median's method per pattern width in bytes (2, 4): None until timed (`_method`)
-_median_method: dict[int, str | None] = {2: None, 4: None}
-_method_lock = threading.Lock()
-_CALIBRATION = (1024, 512)  # the synthetic slice that times both methods (normal values)
+_CANDIDATES = 256  # top-k candidates kept per scan before compacting to k (at least 2k)
+_PARTS_PER_THREAD = 4  # row ranges per thread where slices are fewer than threads
+_NO_MASK = np.empty(0, dtype=np.bool_)
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
@@ -64,90 +63,115 @@ def _executor() -> ThreadPoolExecutor:
         return _pool
 
 
-def _top_k(line: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k (patterns, flat indices) of the real values of one slice's patterns line [n]
-    (masked values -1), larger pattern first, then smaller flat index; fewer if fewer are real.
-
-    The bound: split the slice into groups, g values each; k groups hold a value at least as
-    large as the k-th largest group maximum, so only groups reaching it can hold a top-k value.
-    Group j = values j, j + n / g, ...: one vectorised maximum over a [g, n / g] view.
-    """
-    n = line.size
-    g = math.gcd(n, _GROUP)
-    gmax = line.reshape(g, n // g).max(axis=0)  # [n / g]
-    kk = min(k, gmax.size)
-    bound = max(int(np.partition(gmax, gmax.size - kk)[gmax.size - kk]), 0)  # real: >= 0
-    cols = np.flatnonzero(gmax >= bound)
-    flat = (np.arange(g)[:, None] * (n // g) + cols).reshape(-1)  # ascending
-    vals = line[flat]
-    if vals.size > _SORT_MAX:  # many ties at the top (an all-equal slice): select, then sort
-        m = min(k, vals.size)
-        kth = np.partition(vals, vals.size - m)[vals.size - m]  # the m-th largest pattern
-        above = np.flatnonzero(vals > kth)
-        equal = np.flatnonzero(vals == kth)[: m - above.size]  # flat order: ties by index
-        pick = np.concatenate([above, equal])
-        vals, flat = vals[pick], flat[pick]
-    order = np.lexsort((flat, -vals.astype(np.int64)))[:k]  # by |h| descending, then index
-    return vals[order].astype(np.int64), flat[order]
+def _workers() -> int:
+    """Threads a call uses: torch's thread count, at most the CPUs."""
+    return max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
 
 
-def _slice_stats(
-    x: np.ndarray, real: np.ndarray | None, k: int, dtype: torch.dtype, search: bool
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """(top patterns [<= k], their flat indices, median pattern or -1) of one slice x [S, d],
-    an integer view of h. real: [S] bool, None = every token. search: the median by counting
-    search, else by numpy's partition."""
+def _in_parallel(run: Callable, items: Iterable, workers: int) -> None:
+    """run(item) for every item, on up to `workers` threads (this one included), each taking
+    the next item when done with one: a thread that the OS holds back (a busy shared machine)
+    leaves its share to the others."""
+    queue = iter(items)
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while True:
+            with lock:
+                item = next(queue, None)
+            if item is None:
+                return
+            run(item)
+
+    pending = [_executor().submit(worker) for _ in range(workers - 1)]
+    worker()
+    for done in pending:
+        done.result()
+
+
+@dataclass
+class _Slice:
+    """One slice's work: its integer view x [S, d], real rows (empty: all), the median's rank,
+    the sample and the first read's thresholds, and what the reads of its row ranges found."""
+
+    x: np.ndarray
+    real: np.ndarray
+    rank: int
+    n_masked: int
+    sample: np.ndarray
+    lo: int
+    hi: int
+    reads: list = field(default_factory=list)  # (c_lo, c_hi, kept or None, cand_v, cand_i)
+
+
+@functools.lru_cache(maxsize=16)
+def _sample_rows_cols(S: int, d: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, columns) of the sample's flat positions in a slice [S, d]: no division per
+    sampled value (a 64-bit division took longer than the value's read)."""
+    return np.divmod(_sample_positions(S * d), d)
+
+
+def _limits(x: np.ndarray, dtype: torch.dtype, lo: int, hi: int) -> tuple:
+    """scan_rows' (sign_off, clamp, lo, hi), in the type of x's values."""
+    _, sign_off, inf = BIT_PATTERNS[dtype]
+    return tuple(x.dtype.type(v) for v in (sign_off, inf + 1, lo, hi))
+
+
+def _prepare(x: np.ndarray, real: np.ndarray, dtype: torch.dtype) -> _Slice | None:
+    """The slice's sample and first thresholds; None for a slice without a real value."""
     S, d = x.shape
     n = S * d
-    _, sign_off, inf = BIT_PATTERNS[dtype]
-    buf = scratch(n * x.itemsize + (flag_bytes(S, d) if search else 0))  # patterns, flags
-    bits = buf[: n * x.itemsize].view(x.dtype).reshape(S, d)
-    n_real = n if real is None else int(np.count_nonzero(real)) * d
+    n_real = n if real.size == 0 else int(np.count_nonzero(real)) * d
     if n_real == 0:
-        return np.empty(0, np.int64), np.empty(0, np.int64), MASKED
+        return None
     rank = median_rank(n, n_real)
-    if search:
-        flags = buf[n * x.itemsize :].view(np.bool_)
-        first = first_pass(x, real, bits, sign_off, inf, rank, n - n_real, flags)
-    else:
-        write_patterns(x, real, bits, sign_off)
-    line = bits.reshape(-1)
-    top, flat = _top_k(line, k)
-    if top[0] > inf:  # NaNs: one canonical pattern, so they tie like torch's
-        np.minimum(line, inf + 1, out=line)
-        top, flat = _top_k(line, k)
-    if search:
-        return top, flat, search_median(line, rank, n - n_real, int(top[0]), first)
-    line.partition(rank)  # in place: the scratch buffer, after the top-k has read it
-    return top, flat, int(line[rank])
+    sign_off, clamp, _, _ = _limits(x, dtype, 0, 0)
+    sample = sample_patterns(x, real, *_sample_rows_cols(S, d), sign_off, clamp)
+    lo, hi = first_bracket(sample, int(clamp), rank, n - n_real, n)
+    return _Slice(x, real, rank, n - n_real, sample, lo, hi)
 
 
-def _method(dtype: torch.dtype) -> str:
-    """The median's method for dtype's pattern width: $MASSACT_CPU_MEDIAN if set, else the
-    faster of the two on a synthetic slice (best of 3 each), timed once per process."""
-    width = BIT_PATTERNS[dtype][0].itemsize
-    with _method_lock:
-        if _median_method[width] is None:
-            forced = os.environ.get("MASSACT_CPU_MEDIAN", "").strip()
-            if forced and forced not in _METHODS:
-                raise ValueError(f"MASSACT_CPU_MEDIAN={forced!r}: expected partition or search")
-            _median_method[width] = forced or _time_methods(dtype)
-        return _median_method[width]
+def _read(x: np.ndarray, real: np.ndarray, first_flat: int, limits: tuple, k: int):
+    """scan_rows over rows x: (count <= lo, count <= hi, values kept in (lo, hi] or None,
+    candidates' patterns, their flat indices)."""
+    kept = np.empty(gather_capacity(x.size), dtype=x.dtype)
+    cand_v = np.empty(max(_CANDIDATES, 2 * k), dtype=x.dtype)
+    cand_i = np.empty(cand_v.size, dtype=np.int64)
+    c_lo, c_hi, ng, nc = scan_rows(x, real, first_flat, limits, kept, cand_v, cand_i, k)
+    return c_lo, c_hi, kept[:ng] if ng >= 0 else None, cand_v[:nc], cand_i[:nc]
 
 
-def _time_methods(dtype: torch.dtype) -> str:
-    gen = torch.Generator().manual_seed(0)
-    h = torch.randn(_CALIBRATION, generator=gen).to(dtype)
-    x = h.view(BIT_PATTERNS[dtype][0]).numpy()
-    best = {}
-    for method in _METHODS:
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            _slice_stats(x, None, 1, dtype, method == "search")
-            times.append(time.perf_counter() - start)
-        best[method] = min(times)
-    return min(_METHODS, key=best.__getitem__)
+def _scan(work: _Slice, r0: int, r1: int, k: int, dtype: torch.dtype) -> None:
+    """The first read of rows r0:r1 of the slice (appends to work.reads)."""
+    real = work.real[r0:r1] if work.real.size else _NO_MASK
+    limits = _limits(work.x, dtype, work.lo, work.hi)
+    work.reads.append(_read(work.x[r0:r1], real, r0 * work.x.shape[1], limits, k))
+
+
+def _finish(work: _Slice, k: int, dtype: torch.dtype) -> tuple[np.ndarray, np.ndarray, int]:
+    """(top patterns [<= k], their flat indices, median pattern) from the first reads of the
+    slice's row ranges, and further reads where they do not settle the median."""
+    values = np.concatenate([r[3] for r in work.reads])
+    index = np.concatenate([r[4] for r in work.reads])
+    order = np.lexsort((index, -values.astype(np.int64)))[:k]  # by |h| descending, then index
+    top, flat = values[order].astype(np.int64), index[order]
+    blocks = [r[2] for r in work.reads]
+    first = Counted(
+        work.lo,
+        work.hi,
+        sum(r[0] for r in work.reads),
+        sum(r[1] for r in work.reads),
+        None if any(b is None for b in blocks) else np.concatenate(blocks),
+    )
+
+    def read(lo: int, hi: int) -> Counted:
+        limits = _limits(work.x, dtype, lo, hi)
+        c_lo, c_hi, kept, _, _ = _read(work.x, work.real, 0, limits, 0)
+        return Counted(lo, hi, c_lo, c_hi, kept)
+
+    n = work.x.size
+    median = search_median(read, n, work.rank, work.n_masked, int(top[0]), work.sample, first)
+    return top, flat, median
 
 
 def cpu_layer_stats(h: torch.Tensor, k: int, mask: torch.Tensor | None = None) -> LayerStats:
@@ -159,30 +183,41 @@ def cpu_layer_stats(h: torch.Tensor, k: int, mask: torch.Tensor | None = None) -
     # no reshape: merging strided leading dims could copy h; slice b is x[unravel(b)]
     x = h.detach().resolve_neg().view(view).numpy()
     real = None if mask is None else mask.reshape(B, S).numpy()
-    search = _method(h.dtype) == "search"
     top_bits = np.full((B, k), MASKED, dtype=np.int64)
     flat = np.full((B, k), MASKED, dtype=np.int64)
-    median = np.empty(B, dtype=np.int64)
+    median = np.full(B, MASKED, dtype=np.int64)
+    works: list[_Slice | None] = [None] * B
 
-    # each thread takes the next slice when done with one: a thread that the OS holds back
-    # (a busy shared machine) leaves its share to the others
-    next_slice = iter(range(B))
-    lock = threading.Lock()
+    def prepare(b: int) -> _Slice | None:
+        works[b] = _prepare(
+            x[np.unravel_index(b, lead)], _NO_MASK if real is None else real[b], h.dtype
+        )
+        return works[b]
 
-    def run() -> None:
-        while True:
-            with lock:
-                b = next(next_slice, None)
-            if b is None:
-                return
-            x_b = x[np.unravel_index(b, lead)]
-            top, idx, med = _slice_stats(x_b, None if real is None else real[b], k, h.dtype, search)
-            top_bits[b, : top.size], flat[b, : idx.size], median[b] = top, idx, med
+    def finish(b: int) -> None:
+        top, idx, median[b] = _finish(works[b], k, h.dtype)
+        top_bits[b, : top.size], flat[b, : idx.size] = top, idx
 
-    workers = max(1, min(torch.get_num_threads(), B))
-    pending = [_executor().submit(run) for _ in range(workers - 1)]
-    run()  # this thread works too
-    for done in pending:
-        done.result()
+    def whole_slice(b: int) -> None:
+        if prepare(b) is not None:
+            _scan(works[b], 0, S, k, h.dtype)
+            finish(b)
+
+    workers = _workers()
+    if B >= workers:  # a slice per thread at a time: prepare, scan and finish in one go
+        _in_parallel(whole_slice, range(B), workers)
+    else:  # few slices: their row ranges scanned in parallel
+        _in_parallel(prepare, range(B), min(B, workers))
+        parts = min(S, math.ceil(_PARTS_PER_THREAD * workers / B))
+        bounds = [S * i // parts for i in range(parts + 1)]
+        units = [
+            (b, r0, r1)
+            for b in range(B)
+            if works[b] is not None
+            for r0, r1 in zip(bounds[:-1], bounds[1:])
+        ]
+        _in_parallel(lambda u: _scan(works[u[0]], u[1], u[2], k, h.dtype), units, workers)
+        live = [b for b in range(B) if works[b] is not None]
+        _in_parallel(finish, live, min(len(live), workers) or 1)
     patterns = (torch.from_numpy(a) for a in (top_bits, flat, median))
     return stats_from_patterns(*patterns, h.dtype, d, lead)

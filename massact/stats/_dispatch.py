@@ -6,7 +6,7 @@ in massact/stats/_reference.py, the oracle); the mask is checked here, once (val
 - "triton": fused kernels (kernels/layer_stats.py) that read h once, strided, on CUDA (or on
   CPU tensors under TRITON_INTERPRET=1, slowly: that is how the tests run them).
 - "torch": the fast torch path (massact/stats/_torch_path.py), any device; on the CPU, large
-  slices go through massact/stats/_cpu_path.py (numpy selection, slices in parallel).
+  slices go through massact/stats/_cpu_path.py (one read per slice, slices in parallel).
 - "reference": the pure-torch oracle (a full sort), any device.
 - "auto": triton for CUDA tensors when Triton works and the kernels take the slice size and k
   (`kernels.layer_stats.supported`), otherwise the torch path, quietly. "triton" asked for by

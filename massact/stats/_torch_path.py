@@ -1,8 +1,8 @@
 """Fast torch path of the layer statistics (any device), bit-identical to the oracle `_reference`.
 
 Works on the bit patterns of |h| (`_patterns`: ordered like |h|, NaN canonical, -1 for a masked
-token's values). CPU tensors with large slices go to `_cpu_path` (numpy selection, slices in
-parallel, reused buffers); everything else runs here, batched over the B slices of n = S * d:
+token's values). CPU tensors with large slices go to `_cpu_path` (one read per slice, slices in
+parallel); everything else runs here, batched over the B slices of n = S * d:
 
 - top-k: the per-token maxima [B, S] bound the k-th largest value from below (k tokens hold an
   element at least as large as the k-th largest token maximum), so only tokens whose maximum
