@@ -39,7 +39,10 @@ from ._cpu_search import (
 from ._patterns import MASKED, median_rank, stats_from_patterns
 from ._result import BIT_PATTERNS, LayerStats
 
-_CANDIDATES = 256  # top-k candidates kept per scan before compacting to k (at least 2k)
+# top-k candidates a read holds before cutting them back to k: 4k (at least 8), small, so that
+# the entry threshold (the k-th best so far) keeps up: with 256 for k = 3 it lagged, and rows
+# of values below the final top-k were searched for candidates (~30% of a read's time)
+_CANDIDATES_PER_K = 4
 _PARTS_PER_THREAD = 4  # row ranges per thread where slices are fewer than threads
 _NO_MASK = np.empty(0, dtype=np.bool_)
 
@@ -135,7 +138,7 @@ def _read(x: np.ndarray, real: np.ndarray, first_flat: int, limits: tuple, k: in
     """scan_rows over rows x: (count <= lo, count <= hi, values kept in (lo, hi] or None,
     candidates' patterns, their flat indices)."""
     kept = np.empty(gather_capacity(x.size), dtype=x.dtype)
-    cand_v = np.empty(max(_CANDIDATES, 2 * k), dtype=x.dtype)
+    cand_v = np.empty(max(_CANDIDATES_PER_K * k, 8), dtype=x.dtype)
     cand_i = np.empty(cand_v.size, dtype=np.int64)
     c_lo, c_hi, ng, nc = scan_rows(x, real, first_flat, limits, kept, cand_v, cand_i, k)
     return c_lo, c_hi, kept[:ng] if ng >= 0 else None, cand_v[:nc], cand_i[:nc]
@@ -151,18 +154,17 @@ def _scan(work: _Slice, r0: int, r1: int, k: int, dtype: torch.dtype) -> None:
 def _finish(work: _Slice, k: int, dtype: torch.dtype) -> tuple[np.ndarray, np.ndarray, int]:
     """(top patterns [<= k], their flat indices, median pattern) from the first reads of the
     slice's row ranges, and further reads where they do not settle the median."""
-    values = np.concatenate([r[3] for r in work.reads])
-    index = np.concatenate([r[4] for r in work.reads])
+    if len(work.reads) == 1:  # the slice read whole
+        c_lo, c_hi, block, values, index = work.reads[0]
+    else:  # in row ranges: their counts add up, their kept values and candidates join
+        c_lo, c_hi = (sum(r[i] for r in work.reads) for i in (0, 1))
+        blocks = [r[2] for r in work.reads]
+        block = None if any(b is None for b in blocks) else np.concatenate(blocks)
+        values = np.concatenate([r[3] for r in work.reads])
+        index = np.concatenate([r[4] for r in work.reads])
     order = np.lexsort((index, -values.astype(np.int64)))[:k]  # by |h| descending, then index
     top, flat = values[order].astype(np.int64), index[order]
-    blocks = [r[2] for r in work.reads]
-    first = Counted(
-        work.lo,
-        work.hi,
-        sum(r[0] for r in work.reads),
-        sum(r[1] for r in work.reads),
-        None if any(b is None for b in blocks) else np.concatenate(blocks),
-    )
+    first = Counted(work.lo, work.hi, c_lo, c_hi, block)
 
     def read(lo: int, hi: int) -> Counted:
         limits = _limits(work.x, dtype, lo, hi)
