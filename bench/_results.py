@@ -41,8 +41,11 @@ RESERVED = (
     "test_failed",
 )
 # one row per key in RESULTS.md: the latest. Case and set too: the fits time scipy on subsets
-# of one size for several cases, and a quick run must not break up the full set's tables
+# of one size for several cases, and a quick run must not break up the full set's tables;
+# and the OpenMP wait policy where recorded (EXTRA_KEY): a run under another thread policy
+# is another configuration, not a newer measurement of the same one
 KEY = ("kernel", "case", "provider", "shape", "dtype", "device", "quick")
+EXTRA_KEY = ("omp_wait_policy",)
 
 
 def percentile(data: Sequence[float], q: float) -> float | None:
@@ -172,7 +175,8 @@ def append_rows(path: str | Path, rows: Iterable[dict]) -> int:
 
 
 def row_key(row: dict) -> tuple:
-    return tuple(tuple(row[k]) if isinstance(row[k], list) else row[k] for k in KEY)
+    fields = tuple(tuple(row[k]) if isinstance(row[k], list) else row[k] for k in KEY)
+    return fields + tuple(row.get("extra", {}).get(k) for k in EXTRA_KEY)
 
 
 def latest_rows(rows: Iterable[dict]) -> list[dict]:

@@ -114,6 +114,22 @@ def test_results_file_and_markdown_keep_the_latest_row_per_key(tmp_path):
     assert render_markdown([]).count("No results yet") == 1
 
 
+def test_a_run_under_another_openmp_wait_policy_does_not_supersede():
+    """The floor benchmark's rows, run with and without OMP_WAIT_POLICY=passive: both kept."""
+    floor = dict(kernel="layer_stats_floor", shape=[2, 4, 8], dtype="fp32", device="cpu")
+    runs = []
+    for date, policy in (
+        ("2026-12-01T00:00:00+00:00", None),
+        ("2026-12-02T00:00:00+00:00", "passive"),
+    ):
+        bench = _bench("ours", [0.01], provider="ours", omp_wait_policy=policy, **floor)
+        runs += rows_from_benchmark_json(_doc(date, benchmarks=[bench]))
+    assert {r["extra"]["omp_wait_policy"] for r in latest_rows(runs)} == {None, "passive"}
+    again = _bench("ours", [0.01], provider="ours", omp_wait_policy="passive", **floor)
+    runs += rows_from_benchmark_json(_doc("2026-12-03T00:00:00+00:00", benchmarks=[again]))
+    assert len(latest_rows(runs)) == 2
+
+
 def test_a_full_run_does_not_supersede_the_quick_set():
     quick = rows_from_benchmark_json(_doc("2026-12-01T00:00:00+00:00"))
     full_doc = _doc("2026-12-02T00:00:00+00:00")
