@@ -1,8 +1,8 @@
 """Token masks in layer_stats: the oracle against an independent construction, every backend
 against the oracle bit for bit, the contract's edge cases, and the errors for bad masks.
 
-Shapes: SMALL slices (n < _CPU_MIN_N) take the batched torch path on CPU, LARGE ones the numpy
-CPU path (slices in parallel, scratch buffers); both are checked.
+Shapes: SMALL slices (n < _CPU_MIN_N) take the batched torch path on CPU, LARGE ones the numba
+CPU path (one read per slice, slices in parallel); both are checked.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from massact import layer_stats, layer_stats_many, reference_layer_stats
 from massact.stats._torch_path import _CPU_MIN_N
 
 SMALL = (4, 9, 11)  # batched torch path (n = 99)
-LARGE = (4, 64, 72)  # numpy CPU path (n = 4608: top-k bound over groups of 256 values)
-LARGE_ODD = (4, 65, 73)  # numpy CPU path, odd n = 4745: groups of one value
-assert SMALL[-2] * SMALL[-1] < _CPU_MIN_N <= min(LARGE[-2] * LARGE[-1], 65 * 73)
+LARGE = (4, 128, 144)  # CPU path (n = 18432: rows of two 64-value blocks and 16 more)
+LARGE_ODD = (4, 129, 131)  # CPU path, odd n = 16899: rows of two blocks and 3 more
+assert SMALL[-2] * SMALL[-1] < _CPU_MIN_N <= min(LARGE[-2] * LARGE[-1], 129 * 131)
 SHAPES = [SMALL, LARGE, LARGE_ODD]
 SHAPE_IDS = ["small", "large", "large-odd"]
 
@@ -209,7 +209,8 @@ def test_broadcast_and_integer_masks(shape):
 def test_cpu_path_leading_dims(masked):
     """No leading dim, and two leading dims that cannot merge (a permuted view): the CPU path
     reads each slice in place."""
-    base = torch.randn(3, 64, 2, 72)  # [B1, S, B2, d]
+    base = torch.randn(3, 128, 2, 144)  # [B1, S, B2, d]
+    assert 128 * 144 >= _CPU_MIN_N
     for h in (base[0, :, 0], base.permute(2, 0, 1, 3)):  # [S, d]; [B2, B1, S, d]
         m = random_mask(h.shape[:-1], seed=5) if masked else None
         assert_stats_equal(
@@ -217,8 +218,8 @@ def test_cpu_path_leading_dims(masked):
         )
 
 
-def test_results_never_alias_the_scratch_buffers():
-    """The CPU path reuses per-thread buffers: an earlier result must not change later."""
+def test_results_never_alias_the_read_buffers():
+    """An earlier result must not change with a later call (nothing shared between calls)."""
     h1, h2 = torch.randn(LARGE), torch.randn(LARGE) * 5
     st1 = layer_stats(h1, 3, backend="torch")
     saved = [x.clone() for x in (st1.top, st1.top_token, st1.median)]
