@@ -2,10 +2,11 @@
 
 `scan_rows` reads rows of a slice's integer view once and, per block of 64 values, from
 vector code: the counts of patterns <= lo and <= hi (the sample's bracket of the median's
-rank), a 64-bit mask of the values in (lo, hi] whose few set bits are then gathered, and the
-block's maximum, which decides whether the block can hold a top-k candidate. So the common
-case needs nothing but this pass: the median is selected from the gathered values, the top-k
-from the candidates. numpy could not fuse these (each step a pass of its own over the slice).
+rank), a flag byte per value in (lo, hi] (packed into a 64-bit mask whose few set bits are
+then gathered), and the block's maximum, which decides whether the block can hold a top-k
+candidate. So the common case needs nothing but this pass: the median is selected from the
+gathered values (`select_kth`), the top-k from the candidates. numpy could not fuse these
+(each step a pass of its own over the slice).
 
 Patterns: the sign bit of the integer view cleared (ordered like |h|), every NaN clamped to one
 pattern (`clamp`, INF + 1: NaNs tie, as torch's do), a masked row's values -1 (never a
