@@ -302,3 +302,46 @@ def test_select_in_a_gathered_block(dtype, spread):
     inside = np.sort(block[(block >= a) & (block <= b)])
     for i, j in [(0, 0), (0, inside.size - 1), (inside.size // 2, inside.size // 2 + 9)]:
         assert _cpu_scan.select_two(block, a, b, i, j) == (int(inside[i]), int(inside[j]))
+
+
+# ---- random cases: shapes, dtypes, data, masks, k and thread counts drawn together -----------
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_cases_match_the_oracle(seed, monkeypatch):
+    """Slices of 16K-300K values in odd shapes (d = 1 to 20000: whole blocks, partial ones,
+    rows shorter than a block), strided leading dims, random masks, k up to 64, and 2 to 8
+    threads (row ranges where slices are fewer), on Gaussian, tied, zero-heavy, per-token
+    scaled, sorted, NaN and massive-activation data."""
+    rng = np.random.default_rng(seed)
+    g = torch.Generator().manual_seed(seed)
+    done = 0
+    while done < 6:
+        S, d = int(rng.choice([1, 3, 64, 129, 300])), int(rng.choice([1, 63, 65, 128, 333, 20000]))
+        if not 16384 <= S * d <= 300_000:
+            continue
+        B = int(rng.integers(1, 4))
+        x = torch.randn(B, S, d, generator=g)
+        kind = rng.choice(["randn", "ties", "zeros", "scaled", "sorted", "nan", "massive"])
+        if kind == "ties":
+            x = torch.randint(-3, 4, (B, S, d), generator=g).float()
+        elif kind == "zeros":
+            x = x * (torch.rand(B, S, d, generator=g) < 0.3)
+        elif kind == "scaled":
+            x = x * torch.exp(2 * torch.randn(B, S, 1, generator=g))
+        elif kind == "sorted":
+            x = x.abs().reshape(B, -1).sort(dim=-1).values.reshape(B, S, d)
+        elif kind == "nan":
+            x.view(-1)[torch.randint(0, x.numel(), (5,), generator=g)] = float("nan")
+        elif kind == "massive":
+            x[:, 0, int(rng.integers(d))] = 5000.0
+        h = x.to(DTYPES[int(rng.integers(3))])
+        if rng.random() < 0.3:
+            h = h.transpose(0, 1).contiguous().transpose(0, 1)  # leading dim strided
+        mask = None if rng.random() < 0.5 else torch.rand(B, S, generator=g) < rng.random()
+        k = int(rng.choice([1, 3, 8, 64]))
+        workers = int(rng.choice([2, 3, 8]))
+        monkeypatch.setattr(_cpu_path, "_workers", lambda w=workers: w)
+        got = layer_stats(h, k, mask=mask, backend="torch")
+        assert_stats_equal(got, reference_layer_stats(h, k, mask=mask))
+        done += 1
