@@ -317,7 +317,10 @@ def test_random_cases_match_the_oracle(seed, monkeypatch):
     g = torch.Generator().manual_seed(seed)
     done = 0
     while done < 6:
-        S, d = int(rng.choice([1, 3, 64, 129, 300])), int(rng.choice([1, 63, 65, 128, 333, 20000]))
+        S, d = (
+            int(rng.choice([1, 3, 64, 300, 20000])),
+            int(rng.choice([1, 63, 65, 128, 333, 20000])),
+        )
         if not 16384 <= S * d <= 300_000:
             continue
         B = int(rng.integers(1, 4))
