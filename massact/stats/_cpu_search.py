@@ -135,12 +135,11 @@ def search_median(
         guided = False
         if c_b - c_a <= gather_capacity(n):  # few values left: keep them all
             lo, hi = a - 1, b
-        elif misses < _GUIDED_MISSES and (bracket := _bracket(sample, a, b, c_a, c_b, rank)) != (
-            a - 1,
-            b,
-        ):
-            (lo, hi), guided = bracket, True
-        else:  # the sample cannot place the rank (any more): thirds by value
-            lo, hi = _split(a, b)
+        else:
+            sampled = misses < _GUIDED_MISSES
+            lo, hi = _bracket(sample, a, b, c_a, c_b, rank) if sampled else (a - 1, b)
+            guided = (lo, hi) != (a - 1, b)
+            if not guided:  # the sample cannot place the rank (any more): thirds by value
+                lo, hi = _split(a, b)
         _note("read")
         counted = read(lo, hi)
