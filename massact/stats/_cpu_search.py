@@ -78,17 +78,18 @@ def _bracket(sample: np.ndarray, a: int, b: int, c_a: int, c_b: int, rank: int):
     """Thresholds (lo, hi), a - 1 <= lo < hi <= b, whose counts should enclose `rank`: the
     sample's values around the rank's place among its values in [a, b] (of the slice's values
     c_a are < a, c_b <= b), +- _Z binomial deviations; a - 1 or b where that reaches beyond
-    the sample's values there. lo = (a sample value) - 1: the bracket holds the value."""
+    the sample's values there. lo = (a sample value) - 1: the bracket holds the value.
+    lo < hi as i_lo < i_hi, and the sample's values in [a, b] keep both in range."""
     q = count_in(sample, a, b)
-    t = (rank - c_a + 0.5) / (c_b - c_a)  # the rank's place among the values in [a, b], 0..1
-    half = _Z * math.sqrt(q * t * (1 - t)) + 1
-    i_lo, i_hi = math.floor(t * q - half), math.ceil(t * q + half)
     if q == 0:
         return a - 1, b
+    t = (rank - c_a + 0.5) / (c_b - c_a)  # the rank's place among the values in [a, b], 0..1
+    half = _Z * math.sqrt(q * t * (1 - t)) + 1
+    i_lo, i_hi = math.floor(t * q - half), math.ceil(t * q + half)  # i_lo <= q - 2, i_hi >= 1
     s_lo, s_hi = select_two(sample, a, b, max(i_lo, 0), min(i_hi, q - 1))
     lo = int(s_lo) - 1 if i_lo >= 0 else a - 1
     hi = int(s_hi) if i_hi < q else b
-    return max(lo, a - 1), max(min(hi, b), max(lo, a - 1) + 1)
+    return lo, hi
 
 
 def first_bracket(sample: np.ndarray, clamp: int, rank: int, n_masked: int, n: int):
