@@ -171,8 +171,8 @@ def read_line(line: np.ndarray):
 
     def read(lo: int, hi: int) -> _cpu_search.Counted:
         limits = tuple(line.dtype.type(v) for v in (-1, top, lo, hi))
-        c_lo, c_hi, kept, _, _ = _cpu_path._read(x, _cpu_path._NO_MASK, 0, limits, 0)
-        return _cpu_search.Counted(lo, hi, c_lo, c_hi, kept)
+        found = _cpu_path._read(x, _cpu_path._NO_MASK, 0, limits, 0)
+        return _cpu_search.Counted(lo, hi, found.c_lo, found.c_hi, found.kept)
 
     return read
 

@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -92,6 +93,17 @@ def _in_parallel(run: Callable, items: Iterable, workers: int) -> None:
         done.result()
 
 
+class _Found(NamedTuple):
+    """What one read of rows found: the counts of values <= lo and <= hi, the values kept in
+    (lo, hi] (None: too many to keep), and the top-k candidates (patterns, flat indices)."""
+
+    c_lo: int
+    c_hi: int
+    kept: np.ndarray | None
+    cand_v: np.ndarray
+    cand_i: np.ndarray
+
+
 @dataclass
 class _Slice:
     """One slice's work: its integer view x [S, d], real rows (empty: all), the median's rank,
@@ -104,7 +116,7 @@ class _Slice:
     sample: np.ndarray
     lo: int
     hi: int
-    reads: list = field(default_factory=list)  # (c_lo, c_hi, kept or None, cand_v, cand_i)
+    reads: list[_Found] = field(default_factory=list)
 
 
 @functools.lru_cache(maxsize=16)
@@ -134,14 +146,13 @@ def _prepare(x: np.ndarray, real: np.ndarray, dtype: torch.dtype) -> _Slice | No
     return _Slice(x, real, rank, n - n_real, sample, lo, hi)
 
 
-def _read(x: np.ndarray, real: np.ndarray, first_flat: int, limits: tuple, k: int):
-    """scan_rows over rows x: (count <= lo, count <= hi, values kept in (lo, hi] or None,
-    candidates' patterns, their flat indices)."""
+def _read(x: np.ndarray, real: np.ndarray, first_flat: int, limits: tuple, k: int) -> _Found:
+    """scan_rows over rows x."""
     kept = np.empty(gather_capacity(x.size), dtype=x.dtype)
     cand_v = np.empty(max(_CANDIDATES_PER_K * k, 8), dtype=x.dtype)
     cand_i = np.empty(cand_v.size, dtype=np.int64)
     c_lo, c_hi, ng, nc = scan_rows(x, real, first_flat, limits, kept, cand_v, cand_i, k)
-    return c_lo, c_hi, kept[:ng] if ng >= 0 else None, cand_v[:nc], cand_i[:nc]
+    return _Found(c_lo, c_hi, kept[:ng] if ng >= 0 else None, cand_v[:nc], cand_i[:nc])
 
 
 def _scan(work: _Slice, r0: int, r1: int, k: int, dtype: torch.dtype) -> None:
@@ -157,19 +168,19 @@ def _finish(work: _Slice, k: int, dtype: torch.dtype) -> tuple[np.ndarray, np.nd
     if len(work.reads) == 1:  # the slice read whole
         c_lo, c_hi, block, values, index = work.reads[0]
     else:  # in row ranges: their counts add up, their kept values and candidates join
-        c_lo, c_hi = (sum(r[i] for r in work.reads) for i in (0, 1))
-        blocks = [r[2] for r in work.reads]
+        c_lo, c_hi = sum(r.c_lo for r in work.reads), sum(r.c_hi for r in work.reads)
+        blocks = [r.kept for r in work.reads]
         block = None if any(b is None for b in blocks) else np.concatenate(blocks)
-        values = np.concatenate([r[3] for r in work.reads])
-        index = np.concatenate([r[4] for r in work.reads])
+        values = np.concatenate([r.cand_v for r in work.reads])
+        index = np.concatenate([r.cand_i for r in work.reads])
     order = np.lexsort((index, -values.astype(np.int64)))[:k]  # by |h| descending, then index
     top, flat = values[order].astype(np.int64), index[order]
     first = Counted(work.lo, work.hi, c_lo, c_hi, block)
 
     def read(lo: int, hi: int) -> Counted:
         limits = _limits(work.x, dtype, lo, hi)
-        c_lo, c_hi, kept, _, _ = _read(work.x, work.real, 0, limits, 0)
-        return Counted(lo, hi, c_lo, c_hi, kept)
+        found = _read(work.x, work.real, 0, limits, 0)
+        return Counted(lo, hi, found.c_lo, found.c_hi, found.kept)
 
     n = work.x.size
     median = search_median(read, n, work.rank, work.n_masked, int(top[0]), work.sample, first)
