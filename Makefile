@@ -32,10 +32,10 @@ test: $(STAMP) lint
 bench: $(STAMP)
 	$(BIN)/python -m bench $(ARGS)
 
-# On a CUDA machine: the kernel tests incl. the CUDA-only (gpu-marked) cases, then the CUDA benchmarks
-bench-gpu: $(STAMP)
-	$(BIN)/python -m pytest -q tests/test_kernels.py tests/test_layer_stats.py -m "gpu or not gpu"
-	$(BIN)/python -m bench --device cuda $(ARGS)
+# On a CUDA machine, also one without network (no venv is built): the kernel tests incl. the
+# CUDA-only (gpu-marked) cases, then the CUDA benchmarks; see bench/gpu.sh (PY=... picks Python)
+bench-gpu:
+	bash bench/gpu.sh $(ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

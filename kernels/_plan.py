@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from dataclasses import dataclass
 
 import torch
@@ -85,6 +86,15 @@ def cuda_launch_config(sm_count: int) -> tuple[int, int, int]:
     the pass kernel, its finish included, then fits in 64 registers without spills.
     """
     return 8 * sm_count, 1024, 8
+
+
+def ballot_histogram(triton_version: str) -> bool:
+    """Whether this Triton release lowers `tl.histogram` to warp ballots (before 3.8): per element
+    log2(bins) ballots plus bins / 32 masked popcounts per thread, about 12 warp instructions per
+    element for the pass's 1024 bins, where 3.8 and later issue one shared-memory atomic. The pass
+    then also spills at 64 registers (tests/test_kernels_compile.py measures both)."""
+    major, minor = (int(part) for part in re.findall(r"\d+", triton_version)[:2])
+    return (major, minor) < (3, 8)
 
 
 def launch_config(device: torch.device) -> tuple[int, int, int]:

@@ -16,8 +16,10 @@ slice took.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +27,17 @@ import triton
 
 from ..stats._result import INF_BITS, LayerStats
 from ._pass import layer_stats_pass_kernel
-from ._plan import MAX_K, MAX_N, STATUS, Plan, cuda_launch_config, launch_config, plan, supported
+from ._plan import (
+    MAX_K,
+    MAX_N,
+    STATUS,
+    Plan,
+    ballot_histogram,
+    cuda_launch_config,
+    launch_config,
+    plan,
+    supported,
+)
 from ._sample import layer_stats_sample_kernel
 
 __all__ = [
@@ -111,6 +123,8 @@ def triton_layer_stats_many(
             for x, m in zip(hs, masks or [None] * len(hs))
         ]
     dev = h.device
+    if dev.type == "cuda":
+        warn_if_slow_triton(triton.__version__)
     programs, default_tile, warps = launch_config(dev)
     sizes = [math.prod(x.shape[:-2]) for x in hs]
     p = plan(
@@ -170,6 +184,20 @@ def triton_layer_stats_many(
             )
         )
     return out
+
+
+@functools.cache
+def warn_if_slow_triton(version: str) -> None:
+    """Once per process and version: the kernels are exact with any Triton 3, but their speed
+    assumes the histogram lowering of Triton >= 3.8 (kernels/_plan.py: ballot_histogram)."""
+    if ballot_histogram(version):
+        warnings.warn(
+            f"massact: Triton {version} lowers tl.histogram to warp ballots (~12 instructions "
+            "per element); the statistics kernels stay exact but run well below the memory "
+            "bandwidth. Triton >= 3.8 (with a torch built for it) restores their speed.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def _launch(p: Plan, common: dict, outputs: dict, align: int, warps: int) -> None:

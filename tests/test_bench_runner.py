@@ -5,8 +5,13 @@ latest row per key). Nothing is benchmarked here."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import torch
 
 from bench._results import (
     append_rows,
@@ -138,3 +143,20 @@ def test_a_full_run_does_not_supersede_the_quick_set():
     assert len(latest_rows(quick + full)) == 12
     md = render_markdown(quick + full)
     assert md.count("quick set") == 2 and md.count("full set") == 2
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present: the check would run")
+def test_gpu_check_without_a_gpu_says_so_in_one_line(tmp_path):
+    """bench/gpu.sh (make bench-gpu) stops at once, before touching the checkout, where its
+    Python's torch sees no GPU."""
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MASSACT_GPU")}
+    env.update(PY=sys.executable, OUT=str(tmp_path))
+    proc = subprocess.run(
+        ["bash", str(root / "bench/gpu.sh")], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 2, proc
+    why = f"bench-gpu: {sys.executable}'s torch sees no CUDA device"
+    why += " (set PY to a Python whose torch does)"
+    assert proc.stderr.splitlines() == [why]
+    assert not (root / "massact/kernels").exists()
