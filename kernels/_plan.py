@@ -88,13 +88,24 @@ def cuda_launch_config(sm_count: int) -> tuple[int, int, int]:
     return 8 * sm_count, 1024, 8
 
 
+# The oldest Triton the kernels run on: 3.4 and later interpret them and compile them for sm_90;
+# 3.3 and earlier lack tl.histogram's mask (3.1 and earlier reject the constexpr arguments too).
+OLDEST_TRITON = (3, 4)
+
+
+@functools.cache
+def triton_release(triton_version: str) -> tuple[int, int]:
+    """(major, minor) of a Triton version string such as "3.9.0" or "3.10.0+git1a2b3c"."""
+    major, minor = (int(part) for part in re.findall(r"\d+", triton_version)[:2])
+    return major, minor
+
+
 def ballot_histogram(triton_version: str) -> bool:
     """Whether this Triton release lowers `tl.histogram` to warp ballots (before 3.8): per element
     log2(bins) ballots plus bins / 32 masked popcounts per thread, about 12 warp instructions per
     element for the pass's 1024 bins, where 3.8 and later issue one shared-memory atomic. The pass
     then also spills at 64 registers (tests/test_kernels_compile.py measures both)."""
-    major, minor = (int(part) for part in re.findall(r"\d+", triton_version)[:2])
-    return (major, minor) < (3, 8)
+    return triton_release(triton_version) < (3, 8)
 
 
 def launch_config(device: torch.device) -> tuple[int, int, int]:

@@ -72,8 +72,8 @@ def _chunks(
     # [NCH, CW]
     o_along = b_chunk[:, None] * CW + tl.arange(0, CW)[None, :]
     m_x = (o_j < j_end)[:, None] & (o_along < LC)
-    if ALONG_D:  # rows are tokens
-        o_s = b_row[:, None]
+    if ALONG_D:  # rows are tokens (full shape: Triton < 3.5 broadcasts no pointer to its mask)
+        o_s = b_row[:, None] + tl.zeros_like(o_along)
         o_c = o_along
     else:  # rows are channels, chunks run along the tokens
         o_s = o_along

@@ -92,8 +92,8 @@ def _compile_cases(cases: list) -> list[dict]:
                     kwargs[knob] = getattr(knobs.compilation, knob)
             binder = create_function_from_signature(kernel.signature, kernel.params, backend)
             bound, specialization, options = binder(*args, **kwargs)
-            options, signature, constexprs, attrs = kernel._pack_args(
-                backend, kwargs, bound, specialization, options
+            options, signature, constexprs, attrs = _pack_args(
+                kernel, backend, kwargs, bound, specialization, options
             )
             names = kernel.arg_names
             consts = {names[p[0]]: v for p, v in constexprs.items() if len(p) == 1}
@@ -132,6 +132,23 @@ def _compile_cases(cases: list) -> list[dict]:
     return out
 
 
+def _pack_args(kernel, backend, kwargs: dict, bound: dict, specialization: list, options) -> tuple:
+    """(options, signature, constexprs, attrs) as JITFunction.run packs them before compiling;
+    Triton 3.4 does it inline (no _pack_args), the same way."""
+    if hasattr(kernel, "_pack_args"):
+        return kernel._pack_args(backend, kwargs, bound, specialization, options)
+    from triton._utils import find_paths_if, get_iterable_path
+
+    sigvals = [x[0] for x in specialization]
+    signature = {p.name: v for p, v in zip(kernel.params, sigvals)}
+    paths = find_paths_if(sigvals, lambda _, val: val == "constexpr")
+    constexprs = {path: get_iterable_path(list(bound.values()), path) for path in paths}
+    attrvals = [x[1] for x in specialization]
+    paths = find_paths_if(attrvals, lambda _, x: isinstance(x, str))
+    attrs = {path: backend.parse_attr(get_iterable_path(attrvals, path)) for path in paths}
+    return backend.parse_options(kwargs), signature, constexprs, attrs
+
+
 def _spills(ptx: str) -> dict:
     """Spill store / load bytes ptxas reports for ptx (the bundled ptxas, Triton's options): a
     stack frame alone (cuobjdump's STACK) is not a spill."""
@@ -143,7 +160,11 @@ def _spills(ptx: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "k.ptx"
         src.write_text(ptx)
-        cmd = [get_ptxas(90).path, "-lineinfo", "-v", "--regAllocOptLevel=2", "--gpu-name=sm_90a"]
+        try:
+            ptxas = get_ptxas(90)  # Triton >= 3.6 picks ptxas by architecture
+        except TypeError:
+            ptxas = get_ptxas()
+        cmd = [ptxas.path, "-lineinfo", "-v", "--regAllocOptLevel=2", "--gpu-name=sm_90a"]
         log = subprocess.run([*cmd, str(src), "-o", str(src.with_suffix(".o"))], **_TEXT).stderr
     found = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
     return dict(spill_stores=int(found[1]), spill_loads=int(found[2])) if found else {}

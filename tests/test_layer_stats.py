@@ -182,6 +182,24 @@ def test_triton_backend_raises_where_it_cannot_run(monkeypatch):
     assert_stats_equal(layer_stats(h), reference_layer_stats(h))
 
 
+def test_triton_older_than_the_kernels_is_refused_by_name(monkeypatch):
+    """Triton 3.3 lacks what the kernels use (tl.histogram's mask): backend='triton' says so in
+    one line, 'auto' serves CUDA tensors from the torch path instead of failing to compile."""
+    import triton
+    from massact.kernels._plan import triton_release
+
+    assert triton_release("3.10.2+git1a2b") == (3, 10) and triton_release("3.4.0") == (3, 4)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(triton, "__version__", "3.3.1")
+    h = torch.randn(2, 4, 5)
+    assert not triton_available(h.device) and not triton_available(torch.device("cuda"))
+    why = r"^backend='triton' cannot run here: the kernels need Triton >= 3\.4, "
+    why += r"this is Triton 3\.3\.1; use backend='auto' or 'torch'$"
+    with pytest.raises(RuntimeError, match=why):
+        layer_stats(h, backend="triton")
+    assert_stats_equal(layer_stats(h), reference_layer_stats(h))
+
+
 def test_triton_backend_never_falls_back_silently():
     """k above the kernels' limit: backend='triton' raises naming the limit; 'auto' (and the
     torch path) serve it."""

@@ -17,7 +17,9 @@ Nothing here queries the device or imports Triton at import time.
 
 from __future__ import annotations
 
+import functools
 import os
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -29,14 +31,27 @@ BACKENDS = ("auto", "triton", "torch", "reference")
 
 def triton_available(device: torch.device) -> bool:
     """Whether the Triton kernels can run on tensors of `device` (imports Triton lazily)."""
+    return _triton_problem(device) is None
+
+
+def _triton_problem(device: torch.device) -> str | None:
+    """Why the Triton kernels cannot run on tensors of `device`, or None where they can."""
     interpret = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
     if device.type != "cuda" and not (interpret and device.type == "cpu"):
-        return False
+        return (
+            f"Triton needs a CUDA device (or TRITON_INTERPRET=1 for CPU tensors), "
+            f"not a {device.type} tensor"
+        )
     try:
-        import triton  # noqa: F401
+        import triton
     except ImportError:
-        return False
-    return True
+        return "the triton package cannot be imported"
+    from ..kernels._plan import OLDEST_TRITON, triton_release
+
+    if triton_release(triton.__version__) < OLDEST_TRITON:
+        oldest = ".".join(map(str, OLDEST_TRITON))
+        return f"the kernels need Triton >= {oldest}, this is Triton {triton.__version__}"
+    return None
 
 
 def layer_stats(
@@ -83,20 +98,29 @@ def layer_stats(
 
 def _triton_takes(h: torch.Tensor, k: int) -> bool:
     """Whether "auto" sends h to the Triton kernels: CUDA, Triton works, size and k supported."""
-    if h.device.type != "cuda" or not triton_available(h.device):
+    if h.device.type != "cuda":
+        return False
+    problem = _triton_problem(h.device)
+    if problem:
+        if "need Triton" in problem:  # a GPU user would want to know why it is slower
+            _warn_once(f"massact: {problem}; layer_stats uses the torch path on CUDA")
         return False
     from ..kernels.layer_stats import supported
 
     return supported(h.shape[-2] * h.shape[-1], k)
 
 
+@functools.cache
+def _warn_once(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
 def _check_triton(h: torch.Tensor, k: int) -> None:
     """Raise a clear error where backend='triton' cannot run h with this k."""
-    if not triton_available(h.device):
+    problem = _triton_problem(h.device)
+    if problem:
         raise RuntimeError(
-            f"backend='triton' cannot run on a {h.device.type} tensor here: Triton needs a "
-            f"CUDA device (or TRITON_INTERPRET=1 for CPU tensors) and an importable triton "
-            f"package; use backend='auto' or 'torch'"
+            f"backend='triton' cannot run here: {problem}; use backend='auto' or 'torch'"
         )
     from ..kernels.layer_stats import MAX_K, MAX_N, supported
 
