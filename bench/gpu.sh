@@ -18,7 +18,10 @@ LOG=${OUT:-/tmp}/bench-gpu.log
 
 cuda_python() { "$1" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null; }
 if [ -z "${PY:-}" ]; then
-    if [ -x .venv/bin/python ] && cuda_python .venv/bin/python; then PY=.venv/bin/python; else PY=python3; fi
+    PY=python3
+    if [ -x .venv/bin/python ] && { [ -n "${MASSACT_GPU_REHEARSE:-}" ] || cuda_python .venv/bin/python; }; then
+        PY=.venv/bin/python
+    fi
 fi
 DEVICE=cuda RESULTS=bench/results.jsonl QUICK=()
 if [ -n "${MASSACT_GPU_REHEARSE:-}" ]; then  # the same steps on the CPU, small (try it here first)
