@@ -7,7 +7,7 @@ The search counts values against thresholds placed by a fixed random sample of t
 must stay exact when the sample misleads it (ties, skewed layouts, a sample that sees only
 large values), and the tests see through `_cpu_search._trace` whether the first read settled
 the median ("gather") or its bracket missed ("miss") and further reads ("read") narrowed it.
-Slices hold more values than the sample (n > _SAMPLE), so the sample is a real subset.
+Slices hold more values than the sample (n > sample_size(n)), so the sample is a real subset.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from massact import layer_stats, reference_layer_stats
 from massact.stats import _cpu_path, _cpu_scan, _cpu_search
 from massact.stats._patterns import median_rank
 
-SLICE = (160, 128)  # n = 20480 > _SAMPLE: the sample (drawn with replacement) sees about a third
-WIDE = (512, 256)  # n = 131072: the sample sees about one value in sixteen
-assert _cpu_search._SAMPLE < SLICE[0] * SLICE[1]
+SLICE = (160, 128)  # n = 20480: the sample (2048, drawn with replacement) sees about a tenth
+WIDE = (512, 256)  # n = 131072: the sample sees about one value in sixty-four
+assert _cpu_search.sample_size(SLICE[0] * SLICE[1]) < SLICE[0] * SLICE[1]
 MAX_READS = 24  # reads after the first one a slice may take (thirds of 31-bit patterns: ~20)
 
 

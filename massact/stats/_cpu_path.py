@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import numba as nb
 import numpy as np
 import torch
 
@@ -146,11 +147,51 @@ def _prepare(x: np.ndarray, real: np.ndarray, dtype: torch.dtype) -> _Slice | No
     return _Slice(x, real, rank, n - n_real, sample, lo, hi)
 
 
-def _read(x: np.ndarray, real: np.ndarray, first_flat: int, limits: tuple, k: int) -> _Found:
-    """scan_rows over rows x."""
+@nb.njit(nogil=True, cache=True)
+def _sample_and_read(x, real, rows, cols, limits, n_masked, rank, kept, cand_v, cand_i, k):
+    """A slice read whole in one call that holds no GIL: its sample, the first thresholds
+    (`first_bracket`) and the first read. Per slice, separate calls from Python cost ~35 us of
+    GIL-held glue, which kept a second thread from helping on slices of ~100K values.
+    limits: [sign_off, clamp, -, -] in the patterns' type; lo and hi are written to [2:].
+    Returns (sample, count <= lo, count <= hi, gathered count or -1, candidates kept)."""
+    sample = sample_patterns(x, real, rows, cols, limits[0], limits[1])
+    lo, hi = first_bracket(sample, np.int64(limits[1]), rank, n_masked, x.size)
+    limits[2] = lo
+    limits[3] = hi
+    bounds = (limits[0], limits[1], limits[2], limits[3])
+    c_lo, c_hi, ng, nc = scan_rows(x, real, 0, bounds, kept, cand_v, cand_i, k)
+    return sample, c_lo, c_hi, ng, nc
+
+
+def _read_whole(x: np.ndarray, real: np.ndarray, dtype: torch.dtype, k: int) -> _Slice | None:
+    """A slice sampled and read whole (one numba call); None for a slice without a real value."""
+    S, d = x.shape
+    n = S * d
+    n_real = n if real.size == 0 else int(np.count_nonzero(real)) * d
+    if n_real == 0:
+        return None
+    rank = median_rank(n, n_real)
+    limits = np.array(_limits(x, dtype, 0, 0), dtype=x.dtype)
+    kept, cand_v, cand_i = _buffers(x, k)
+    rows, cols = _sample_rows_cols(S, d)
+    sample, c_lo, c_hi, ng, nc = _sample_and_read(
+        x, real, rows, cols, limits, n - n_real, rank, kept, cand_v, cand_i, k
+    )
+    found = _Found(c_lo, c_hi, kept[:ng] if ng >= 0 else None, cand_v[:nc], cand_i[:nc])
+    lo, hi = int(limits[2]), int(limits[3])
+    return _Slice(x, real, rank, n - n_real, sample, lo, hi, [found])
+
+
+def _buffers(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A read's buffers: values kept between the thresholds, top-k candidates (pattern, index)."""
     kept = np.empty(gather_capacity(x.size), dtype=x.dtype)
     cand_v = np.empty(max(_CANDIDATES_PER_K * k, 8), dtype=x.dtype)
-    cand_i = np.empty(cand_v.size, dtype=np.int64)
+    return kept, cand_v, np.empty(cand_v.size, dtype=np.int64)
+
+
+def _read(x: np.ndarray, real: np.ndarray, first_flat: int, limits: tuple, k: int) -> _Found:
+    """scan_rows over rows x."""
+    kept, cand_v, cand_i = _buffers(x, k)
     c_lo, c_hi, ng, nc = scan_rows(x, real, first_flat, limits, kept, cand_v, cand_i, k)
     return _Found(c_lo, c_hi, kept[:ng] if ng >= 0 else None, cand_v[:nc], cand_i[:nc])
 
@@ -212,8 +253,9 @@ def cpu_layer_stats(h: torch.Tensor, k: int, mask: torch.Tensor | None = None) -
         top_bits[b, : top.size], flat[b, : idx.size] = top, idx
 
     def whole_slice(b: int) -> None:
-        if prepare(b) is not None:
-            _scan(works[b], 0, S, k, h.dtype)
+        x_b = x[np.unravel_index(b, lead)]
+        works[b] = _read_whole(x_b, _NO_MASK if real is None else real[b], h.dtype, k)
+        if works[b] is not None:
             finish(b)
 
     workers = _workers()
