@@ -10,9 +10,10 @@ Bit-identical to the oracle `_reference` (same patterns as `_patterns`). Per sli
    the sample misled the thresholds, found by further reads (`_cpu_search.search_median`).
 
 Slices are spread over up to torch.get_num_threads() threads, the calling one included (numba
-releases the GIL); with fewer slices than threads, each slice's rows are read in ranges on
-several threads. Nothing of the slice's size is allocated: the values kept (n / 16 at most)
-and the candidates are all a read writes.
+releases the GIL; a slice read whole does steps 1-2 in one call, `_sample_and_read`); with
+fewer slices than threads, each slice's rows are read in ranges on several threads. Nothing
+of the slice's size is allocated: the values kept (n / 16 at most) and the candidates are all
+a read writes.
 """
 
 from __future__ import annotations
@@ -133,18 +134,23 @@ def _limits(x: np.ndarray, dtype: torch.dtype, lo: int, hi: int) -> tuple:
     return tuple(x.dtype.type(v) for v in (sign_off, inf + 1, lo, hi))
 
 
+def _masked_and_rank(x: np.ndarray, real: np.ndarray) -> tuple[int, int] | None:
+    """(masked values, the median's rank) of slice x; None for a slice without a real value."""
+    n = x.size
+    n_real = n if real.size == 0 else int(np.count_nonzero(real)) * x.shape[1]
+    return (n - n_real, median_rank(n, n_real)) if n_real else None
+
+
 def _prepare(x: np.ndarray, real: np.ndarray, dtype: torch.dtype) -> _Slice | None:
     """The slice's sample and first thresholds; None for a slice without a real value."""
-    S, d = x.shape
-    n = S * d
-    n_real = n if real.size == 0 else int(np.count_nonzero(real)) * d
-    if n_real == 0:
+    counted = _masked_and_rank(x, real)
+    if counted is None:
         return None
-    rank = median_rank(n, n_real)
+    n_masked, rank = counted
     sign_off, clamp, _, _ = _limits(x, dtype, 0, 0)
-    sample = sample_patterns(x, real, *_sample_rows_cols(S, d), sign_off, clamp)
-    lo, hi = first_bracket(sample, int(clamp), rank, n - n_real, n)
-    return _Slice(x, real, rank, n - n_real, sample, lo, hi)
+    sample = sample_patterns(x, real, *_sample_rows_cols(*x.shape), sign_off, clamp)
+    lo, hi = first_bracket(sample, int(clamp), rank, n_masked, x.size)
+    return _Slice(x, real, rank, n_masked, sample, lo, hi)
 
 
 @nb.njit(nogil=True, cache=True)
@@ -165,21 +171,19 @@ def _sample_and_read(x, real, rows, cols, limits, n_masked, rank, kept, cand_v, 
 
 def _read_whole(x: np.ndarray, real: np.ndarray, dtype: torch.dtype, k: int) -> _Slice | None:
     """A slice sampled and read whole (one numba call); None for a slice without a real value."""
-    S, d = x.shape
-    n = S * d
-    n_real = n if real.size == 0 else int(np.count_nonzero(real)) * d
-    if n_real == 0:
+    counted = _masked_and_rank(x, real)
+    if counted is None:
         return None
-    rank = median_rank(n, n_real)
+    n_masked, rank = counted
     limits = np.array(_limits(x, dtype, 0, 0), dtype=x.dtype)
     kept, cand_v, cand_i = _buffers(x, k)
-    rows, cols = _sample_rows_cols(S, d)
+    rows, cols = _sample_rows_cols(*x.shape)
     sample, c_lo, c_hi, ng, nc = _sample_and_read(
-        x, real, rows, cols, limits, n - n_real, rank, kept, cand_v, cand_i, k
+        x, real, rows, cols, limits, n_masked, rank, kept, cand_v, cand_i, k
     )
     found = _Found(c_lo, c_hi, kept[:ng] if ng >= 0 else None, cand_v[:nc], cand_i[:nc])
     lo, hi = int(limits[2]), int(limits[3])
-    return _Slice(x, real, rank, n - n_real, sample, lo, hi, [found])
+    return _Slice(x, real, rank, n_masked, sample, lo, hi, [found])
 
 
 def _buffers(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
