@@ -188,7 +188,7 @@ def triton_layer_stats_many(
 
 @functools.cache
 def warn_if_slow_triton(version: str) -> None:
-    """Once per process and version: the kernels are exact with any Triton 3, but their speed
+    """Once per process and version: the kernels are exact on any Triton >= 3.4, but their speed
     assumes the histogram lowering of Triton >= 3.8 (kernels/_plan.py: ballot_histogram)."""
     if ballot_histogram(version):
         warnings.warn(
