@@ -246,19 +246,19 @@ def cpu_layer_stats(h: torch.Tensor, k: int, mask: torch.Tensor | None = None) -
     median = np.full(B, MASKED, dtype=np.int64)
     works: list[_Slice | None] = [None] * B
 
-    def prepare(b: int) -> _Slice | None:
-        works[b] = _prepare(
-            x[np.unravel_index(b, lead)], _NO_MASK if real is None else real[b], h.dtype
-        )
-        return works[b]
+    def slice_of(b: int) -> tuple[np.ndarray, np.ndarray]:
+        """Slice b's integer view and its real rows (empty: all)."""
+        return x[np.unravel_index(b, lead)], _NO_MASK if real is None else real[b]
+
+    def prepare(b: int) -> None:
+        works[b] = _prepare(*slice_of(b), h.dtype)
 
     def finish(b: int) -> None:
         top, idx, median[b] = _finish(works[b], k, h.dtype)
         top_bits[b, : top.size], flat[b, : idx.size] = top, idx
 
     def whole_slice(b: int) -> None:
-        x_b = x[np.unravel_index(b, lead)]
-        works[b] = _read_whole(x_b, _NO_MASK if real is None else real[b], h.dtype, k)
+        works[b] = _read_whole(*slice_of(b), h.dtype, k)
         if works[b] is not None:
             finish(b)
 
